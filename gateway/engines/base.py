@@ -1,0 +1,119 @@
+"""The engine contract: a batch of synthesis items in, one result per item out.
+
+An engine is called from exactly one thread (the engine worker's) and never touches asyncio. It is
+language-blind: text becomes phonemes before it gets here (``gateway.text.g2p``), so the scheduler
+can budget in phoneme tokens.
+"""
+
+from __future__ import annotations
+
+import abc
+import hashlib
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+__all__ = [
+    "SAMPLE_RATE",
+    "SAMPLES_PER_FRAME",
+    "MAX_PHONEMES",
+    "SynthesisItem",
+    "SynthesisResult",
+    "Engine",
+    "EngineError",
+    "default_seed",
+]
+
+SAMPLE_RATE = 24_000
+# One predicted duration unit is 600 samples (25 ms at 24 kHz): hop 5 x upsampling 120.
+SAMPLES_PER_FRAME = 600
+# ALBERT has 512 positions; two are the boundary tokens.
+MAX_PHONEMES = 510
+
+
+def default_seed(phonemes: str, voice: str, speed: float) -> int:
+    """Seed derived from the request, so the same request gives the same audio (and is cacheable)."""
+    digest = hashlib.blake2b(
+        phonemes.encode("utf-8") + b"\x00" + voice.encode("utf-8") + struct.pack("<d", speed),
+        digest_size=8,
+    ).digest()
+    return int.from_bytes(digest, "little") & 0x7FFF_FFFF_FFFF_FFFF
+
+
+@dataclass(frozen=True, slots=True)
+class SynthesisItem:
+    """One piece of speech to synthesize.
+
+    ``phonemes`` must already be within ``MAX_PHONEMES`` characters of the engine's vocabulary
+    (``gateway.text.g2p`` guarantees that). ``seed`` left as None means ``default_seed(...)``.
+    """
+
+    phonemes: str
+    voice: str
+    speed: float = 1.0
+    seed: int | None = None
+
+    def effective_seed(self) -> int:
+        if self.seed is not None:
+            return self.seed
+        return default_seed(self.phonemes, self.voice, self.speed)
+
+
+@dataclass(frozen=True, slots=True)
+class SynthesisResult:
+    """Audio for one item plus what alignment needs.
+
+    ``durations[i]`` is the number of 600-sample frames given to token i of ``[BOS, *phonemes, EOS]``
+    (so ``len(durations) == len(phonemes) + 2``) and ``len(audio) == durations.sum() * 600``.
+    """
+
+    audio: np.ndarray  # float32, mono, SAMPLE_RATE
+    durations: np.ndarray  # int64, one per token including the two boundary tokens
+    phonemes: str = ""
+    extra: dict[str, object] = field(default_factory=dict)
+
+
+class EngineError(Exception):
+    """Raised by an engine when a batch cannot be synthesized; fails only that batch."""
+
+
+class Engine(abc.ABC):
+    """A speech synthesizer behind voxgate's scheduler.
+
+    Responsibilities: turn a batch of ``SynthesisItem`` into one ``SynthesisResult`` each, in order,
+    where each result depends only on its own item (never on the batch's other items or their order).
+    Not its job: text, queues, threads, asyncio, timing decisions.
+    """
+
+    sample_rate: int = SAMPLE_RATE
+    #: Largest batch the engine accepts in one call.
+    max_batch_size: int = 1
+    #: Batch size with the best audio-seconds per second on this device (from a probe or config).
+    preferred_batch_size: int = 1
+    #: Phoneme characters the engine can read; anything else is dropped by G2P.
+    vocab: frozenset[str] = frozenset()
+    name: str = "engine"
+
+    @abc.abstractmethod
+    def voices(self) -> list[str]:
+        """Names of the voices this engine can speak with."""
+
+    @abc.abstractmethod
+    def synthesize(self, items: Sequence[SynthesisItem]) -> list[SynthesisResult]:
+        """Synthesize a batch. Called from the engine thread only; may raise ``EngineError``."""
+
+    def warmup(self) -> None:  # noqa: B027 - optional hook
+        """Run once on the engine thread before serving (allocate buffers, compile kernels)."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release resources; called on the engine thread at shutdown."""
+
+    def describe(self) -> dict[str, object]:
+        """Facts for logs, /readyz and benchmarks (device, weights source, batch limits)."""
+        return {
+            "name": self.name,
+            "max_batch_size": self.max_batch_size,
+            "preferred_batch_size": self.preferred_batch_size,
+        }

@@ -1,0 +1,164 @@
+"""The engine's own thread, and the G2P thread.
+
+asyncio owns I/O; synthesis and G2P run here, one thread each, so the event loop never blocks and no
+model, tokenizer or spaCy pipeline is ever touched by two threads. Callers get
+``concurrent.futures.Future`` objects (``asyncio.wrap_future`` brings them back onto the loop).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import threading
+from collections.abc import Callable, Sequence
+
+from gateway.engines.base import Engine, EngineError, SynthesisItem, SynthesisResult
+from gateway.errors import EngineFailed
+
+__all__ = ["EngineWorker", "G2PWorker", "BatchOutcome"]
+
+logger = logging.getLogger("voxgate.engine")
+
+#: Per item: its result, or the error that item failed with.
+BatchOutcome = list[SynthesisResult | EngineFailed]
+
+#: Fully failed batches in a row after which the engine is reported dead (/readyz 503).
+MAX_CONSECUTIVE_FAILURES = 3
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    return type(exc).__name__ == "OutOfMemoryError" or "out of memory" in str(exc).lower()
+
+
+class EngineWorker:
+    """Runs one engine on one dedicated thread.
+
+    ``start()`` builds the engine there (torch thread settings and CUDA context belong to that thread),
+    ``submit(items)`` runs a batch. A batch that raises is retried item by item once, so one bad item
+    does not fail its neighbours; out-of-memory splits the batch in halves first.
+    """
+
+    def __init__(self, factory: Callable[[], Engine], *, warmup: bool = True) -> None:
+        self._factory = factory
+        self._warmup = warmup
+        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="voxgate-engine")
+        self._lock = threading.Lock()
+        self.engine: Engine | None = None
+        self.ready = False
+        self.failed_batches_in_row = 0
+        self.load_error: BaseException | None = None
+
+    def start(self) -> concurrent.futures.Future[Engine]:
+        return self._executor.submit(self._load)
+
+    def _load(self) -> Engine:
+        try:
+            engine = self._factory()
+            if self._warmup:
+                engine.warmup()
+        except BaseException as exc:
+            self.load_error = exc
+            logger.error("engine failed to load", exc_info=True)
+            raise
+        self.engine = engine
+        self.ready = True
+        logger.info("engine ready: %s", engine.describe())
+        return engine
+
+    @property
+    def alive(self) -> bool:
+        return self.ready and self.failed_batches_in_row < MAX_CONSECUTIVE_FAILURES
+
+    def submit(self, items: Sequence[SynthesisItem]) -> concurrent.futures.Future[BatchOutcome]:
+        return self._executor.submit(self._run, list(items))
+
+    def run_blocking(self, items: Sequence[SynthesisItem]) -> BatchOutcome:
+        """Same as ``submit(items).result()``: for CLI tools and benchmarks that own no event loop."""
+        return self.submit(items).result()
+
+    def _run(self, items: list[SynthesisItem]) -> BatchOutcome:
+        assert self.engine is not None, "engine not loaded"
+        outcome = self._synthesize(items)
+        if all(isinstance(r, EngineFailed) for r in outcome):
+            self.failed_batches_in_row += 1
+        else:
+            self.failed_batches_in_row = 0
+        return outcome
+
+    def _synthesize(self, items: list[SynthesisItem]) -> BatchOutcome:
+        assert self.engine is not None
+        try:
+            return list(self.engine.synthesize(items))
+        except Exception as exc:
+            if len(items) > 1 and _is_out_of_memory(exc):
+                logger.warning("engine out of memory on a batch of %d; splitting", len(items))
+                self._free_cache()
+                half = len(items) // 2
+                return self._synthesize(items[:half]) + self._synthesize(items[half:])
+            if len(items) > 1:
+                logger.warning("batch of %d failed (%s); retrying items one by one", len(items), type(exc).__name__)
+                return [self._solo(item) for item in items]
+            logger.error("engine failed on an item", exc_info=not isinstance(exc, EngineError))
+            return [EngineFailed(_client_message(exc))]
+
+    def _solo(self, item: SynthesisItem) -> SynthesisResult | EngineFailed:
+        assert self.engine is not None
+        try:
+            return self.engine.synthesize([item])[0]
+        except Exception as exc:
+            logger.error("engine failed on an item", exc_info=not isinstance(exc, EngineError))
+            return EngineFailed(_client_message(exc))
+
+    def _free_cache(self) -> None:
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        except ImportError:  # pragma: no cover - torch is a dependency
+            pass
+
+    def stop(self) -> None:
+        """Close the engine on its thread, then end the thread (pending batches finish first)."""
+
+        def close() -> None:
+            if self.engine is not None:
+                self.engine.close()
+
+        try:
+            self._executor.submit(close).result(timeout=30)
+        except Exception:  # noqa: BLE001 - shutting down anyway
+            logger.warning("engine close failed", exc_info=True)
+        self._executor.shutdown(wait=True, cancel_futures=True)
+        self.ready = False
+
+
+def _client_message(exc: BaseException) -> str:
+    # Our own errors are written for clients; anything else may carry internals, so it stays in the log.
+    if isinstance(exc, EngineError):
+        return str(exc)
+    return "synthesis failed for this piece"
+
+
+class G2PWorker:
+    """Text to phonemes on one dedicated thread; one G2P instance per language, never shared."""
+
+    def __init__(self, factory: Callable[[str], object]) -> None:
+        self._factory = factory
+        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="voxgate-g2p")
+        self._g2p: dict[str, object] = {}
+
+    def preload(self, langs: Sequence[str]) -> concurrent.futures.Future[None]:
+        return self._executor.submit(lambda: [self._get(lang) for lang in langs] and None)
+
+    def submit(self, text: str, lang: str) -> concurrent.futures.Future[list]:
+        return self._executor.submit(lambda: self._get(lang).phonemize(text))  # type: ignore[attr-defined]
+
+    def _get(self, lang: str) -> object:
+        g2p = self._g2p.get(lang)
+        if g2p is None:
+            g2p = self._g2p[lang] = self._factory(lang)
+        return g2p
+
+    def stop(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,44 @@
+"""Prometheus metrics, one registry per server (no process-global state, so tests can run many).
+
+Exposed at ``GET /metrics``.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+__all__ = ["Metrics", "CONTENT_TYPE_LATEST"]
+
+_LATENCY_BUCKETS = (0.025, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
+_BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.ttfa = Histogram(
+            "voxgate_ttfa_seconds",
+            "Time from a context's first speakable piece to its first audio frame leaving the server",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "voxgate_batch_size", "Pieces per engine batch", buckets=_BATCH_BUCKETS, registry=r
+        )
+        self.batch_seconds = Histogram(
+            "voxgate_engine_batch_seconds", "Engine time per batch", buckets=_LATENCY_BUCKETS, registry=r
+        )
+        self.queue_depth = Gauge("voxgate_queue_depth", "Pieces waiting for the engine", registry=r)
+        self.active_sessions = Gauge("voxgate_active_sessions", "Open WebSocket sessions", registry=r)
+        self.audio_seconds = Counter(
+            "voxgate_audio_seconds", "Seconds of audio synthesized", registry=r
+        )
+        self.pieces = Counter("voxgate_pieces", "Pieces by outcome", ["outcome"], registry=r)
+        self.errors = Counter("voxgate_errors", "Errors sent to clients by code", ["code"], registry=r)
+        self.sessions_refused = Counter("voxgate_sessions_refused", "Connections refused", ["reason"], registry=r)
+        self.engine_ready = Gauge("voxgate_engine_ready", "1 when the engine is loaded and healthy", registry=r)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
