@@ -1,0 +1,629 @@
+"""The gateway server: asyncio glue between WebSocket sessions, the scheduler and the engine thread.
+
+Per connection: ``async for raw in ws`` -> ``Session.receive_text`` -> pieces go to the G2P thread ->
+``Scheduler.add``. One scheduler task sleeps until ``next_deadline`` or a wake-up, hands each batch to
+the engine thread and routes results back to the sessions that own them. One writer task per session
+drains that session's outbox into its own socket; a per-session timer runs ``receive_timeout``.
+Decisions about budgets, order and states live in ``scheduler`` and ``session``, not here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import signal
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+from gateway.config import Config
+from gateway.engines import Engine, SynthesisItem, create_engine
+from gateway.engines.worker import EngineWorker, G2PWorker
+from gateway.errors import CloseCode, EngineFailed, ProtocolError, SessionRefused, VoxgateError
+from gateway.http import HttpRequest, HttpResponse, make_front_door, static_file_response
+from gateway.metrics import CONTENT_TYPE_LATEST, Metrics
+from gateway.protocol import dumps
+from gateway.scheduler import Batch, Piece, Scheduler
+from gateway.session import Context, PieceRequest, Session, SessionState
+
+__all__ = ["Gateway", "LocalConnection", "run", "STREAM_PATH"]
+
+logger = logging.getLogger("voxgate.server")
+
+STREAM_PATH = "/v1/stream"
+
+
+class LocalConnection:
+    """An in-process session connection with a WebSocket's surface, for callers inside the server
+    process (the OpenAI-style HTTP endpoint, ``voxgate say --local``, integrations): their sessions go
+    through the same scheduler, limits and isolation as WebSocket ones.
+
+    Client side: ``await conn.send_json(message)``, ``async for item in conn.events()`` (``str`` JSON
+    or ``bytes`` frames, exactly as a WebSocket client would receive them), ``conn.close_input()``.
+    """
+
+    def __init__(self, *, max_queue: int = 256) -> None:
+        self.request = None
+        self.close_code: int | None = None
+        self._to_client: asyncio.Queue[str | bytes | None] = asyncio.Queue(maxsize=max_queue)
+        self._to_server: asyncio.Queue[str | bytes | None] = asyncio.Queue()
+
+    # server side: what the gateway calls (as on a websockets ServerConnection)
+    async def send(self, message: str | bytes) -> None:
+        await self._to_client.put(message)
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        if self.close_code is None:
+            self.close_code = code
+            self._to_server.put_nowait(None)
+            await self._to_client.put(None)
+
+    def __aiter__(self) -> LocalConnection:
+        return self
+
+    async def __anext__(self) -> str | bytes:
+        item = await self._to_server.get()
+        if item is None:
+            raise StopAsyncIteration
+        return item
+
+    # client side
+    async def send_json(self, message: dict[str, Any]) -> None:
+        await self._to_server.put(dumps(message))
+
+    def close_input(self) -> None:
+        self._to_server.put_nowait(None)
+
+    async def events(self) -> AsyncIterator[str | bytes]:
+        while (item := await self._to_client.get()) is not None:
+            yield item
+
+
+Connection = ServerConnection | LocalConnection
+
+
+@dataclass(eq=False)
+class _Runtime:
+    """What the server keeps per session beside the sans-I/O ``Session``."""
+
+    session: Session
+    ws: Connection | None
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    writer: asyncio.Task[None] | None = None
+    timer: asyncio.TimerHandle | None = None
+
+
+class Gateway:
+    """Owns the engine worker, the scheduler, the sessions and the listening socket.
+
+    Use ``async with Gateway(config) as gw: await gw.serve_forever()`` or ``start()``/``stop()``;
+    ``gw.port`` is the bound port (useful with port 0 in tests).
+    """
+
+    def __init__(self, config: Config, *, engine_factory: Callable[[], Engine] | None = None) -> None:
+        self.config = config
+        self.metrics = Metrics()
+        self._engine_factory = engine_factory or (lambda: create_engine(config.engine))
+        self.worker = EngineWorker(self._engine_factory, warmup=config.engine.warmup)
+        self.g2p = G2PWorker(self._make_g2p)
+        self.scheduler: Scheduler | None = None
+        self.engine: Engine | None = None
+        self._runtimes: dict[str, _Runtime] = {}
+        self._wake = asyncio.Event()
+        self._scheduler_task: asyncio.Task[None] | None = None
+        self._ws_server: Server | None = None
+        self._draining = False
+        self._voices: list[str] = []
+        self._langs: list[str] = []
+        self.port = 0
+        self._web_root = Path(config.server.web_demo_dir)
+        self.extra_routes: dict[tuple[str, str], Callable[[HttpRequest], Any]] = {}
+        self._background: set[asyncio.Task[None]] = set()
+        from gateway.openai_api import register as register_openai_routes
+
+        register_openai_routes(self)
+
+    # --- lifecycle ------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Load the engine (on its thread) and G2P, then listen. Returns once serving."""
+        loop = asyncio.get_running_loop()
+        self.engine = await asyncio.wrap_future(self.worker.start())
+        self._voices = self.engine.voices()
+        self._langs = self._available_langs()
+        self.scheduler = Scheduler(
+            self.config.scheduler,
+            engine_preferred_batch=self.engine.preferred_batch_size,
+            engine_max_batch=self.engine.max_batch_size,
+        )
+        preload = [lang for lang in self.config.engine.preload_langs if lang in self._langs]
+        await asyncio.wrap_future(self.g2p.preload(preload))
+        self.metrics.engine_ready.set(1)
+        self._scheduler_task = loop.create_task(self._scheduler_loop(), name="voxgate-scheduler")
+        server_config = self.config.server
+        self._ws_server = await serve(
+            self._handle_ws,
+            server_config.host,
+            server_config.port,
+            create_connection=make_front_door(self._handle_http, max_body_bytes=server_config.max_http_body_bytes),
+            process_request=self._process_request,
+            # Our own limit (max_message_bytes) answers with an error and keeps the session; this hard
+            # limit, far above it, closes with 1009 before a huge message is even buffered.
+            max_size=4 * server_config.max_message_bytes,
+            ping_interval=server_config.ping_interval_s or None,
+            write_limit=2**16,
+            logger=logging.getLogger("voxgate.websockets"),
+        )
+        self.port = self._ws_server.sockets[0].getsockname()[1]
+        logger.info(
+            "voxgate listening on ws://%s:%d%s (engine %s, batch limit %d, mode %s)",
+            server_config.host,
+            self.port,
+            STREAM_PATH,
+            self.engine.name,
+            self.scheduler.max_batch_pieces,
+            self.scheduler.mode,
+        )
+
+    async def stop(self, *, grace_s: float | None = None) -> None:
+        """Graceful shutdown: stop accepting, let open contexts finish within ``grace_s``, close every
+        session with 1012, stop the engine thread last."""
+        grace = self.config.server.shutdown_grace_s if grace_s is None else grace_s
+        self._draining = True
+        if self._ws_server is not None:
+            self._ws_server.close(close_connections=False)
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and any(
+            rt.session.contexts or rt.session.has_outgoing for rt in self._runtimes.values() if rt.ws is not None
+        ):
+            await asyncio.sleep(0.05)
+        for rt in list(self._runtimes.values()):
+            if rt.ws is not None:
+                with contextlib.suppress(Exception):
+                    await rt.ws.close(CloseCode.SERVICE_RESTART, "server shutting down")
+        if self._ws_server is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._ws_server.wait_closed(), timeout=5)
+        if self._scheduler_task is not None:
+            self._scheduler_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._scheduler_task
+        for rt in list(self._runtimes.values()):
+            self._drop_runtime(rt)
+        self.g2p.stop()
+        await asyncio.to_thread(self.worker.stop)
+        self.metrics.engine_ready.set(0)
+
+    async def __aenter__(self) -> Gateway:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop(grace_s=0)
+
+    # --- engine-side helpers --------------------------------------------------------------------
+
+    def _make_g2p(self, lang: str) -> Any:
+        from gateway.text.g2p import G2P
+
+        vocab = self.engine.vocab if self.engine is not None and self.engine.vocab else None
+        return G2P(lang, vocab=vocab)
+
+    def _available_langs(self) -> list[str]:
+        from gateway.text import g2p
+
+        langs = list(getattr(g2p, "available_languages", lambda: ["en", "en-gb", "ja"])())
+        default = self.config.session.default_lang
+        return sorted(langs, key=lambda lang: (lang != default, lang))
+
+    # --- admission ------------------------------------------------------------------------------
+
+    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        path, _, query = request.path.partition("?")
+        if path != STREAM_PATH:
+            return connection.respond(404, f"WebSocket endpoint is {STREAM_PATH}\n")
+        refusal = self._check_access(request.headers, query)
+        if refusal is not None:
+            status, text = refusal
+            self.metrics.sessions_refused.labels(reason=str(status)).inc()
+            return connection.respond(status, text + "\n")
+        if self._draining:
+            return connection.respond(503, "server shutting down\n")
+        return None
+
+    def _check_access(self, headers: Headers | dict[str, str], query: str) -> tuple[int, str] | None:
+        server = self.config.server
+        if server.allowed_origins:
+            origin = headers.get("Origin") or headers.get("origin")
+            if origin is not None and origin not in server.allowed_origins:
+                return 403, "origin not allowed"
+        if server.auth_token:
+            from urllib.parse import parse_qs
+
+            supplied = ""
+            auth = headers.get("Authorization") or headers.get("authorization") or ""
+            if auth.lower().startswith("bearer "):
+                supplied = auth[7:].strip()
+            supplied = supplied or (parse_qs(query).get("token") or [""])[0]
+            if not hmac.compare_digest(supplied.encode(), server.auth_token.encode()):
+                return 401, "missing or wrong token"
+        return None
+
+    # --- WebSocket sessions ---------------------------------------------------------------------
+
+    async def _handle_ws(self, ws: ServerConnection) -> None:
+        query = ws.request.path.partition("?")[2] if ws.request is not None else ""
+        await self._serve_session(ws, query)
+
+    @contextlib.asynccontextmanager
+    async def open_local_session(self) -> AsyncIterator[LocalConnection]:
+        """An in-process session (see ``LocalConnection``); closed and cleaned up on exit."""
+        conn = LocalConnection()
+        task = asyncio.get_running_loop().create_task(self._serve_session(conn, ""))
+        try:
+            yield conn
+        finally:
+            conn.close_input()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(task, timeout=5)
+
+    async def _serve_session(self, ws: Connection, query: str) -> None:
+        loop = asyncio.get_running_loop()
+        assert self.scheduler is not None
+        rt = self._resume(ws, query, loop.time())
+        if rt is None:
+            open_sessions = sum(1 for r in self._runtimes.values() if r.ws is not None)
+            if open_sessions >= self.config.server.max_sessions:
+                self.metrics.sessions_refused.labels(reason="busy").inc()
+                error = SessionRefused(f"server at its limit of {self.config.server.max_sessions} sessions; try again later")
+                await ws.send(dumps({"type": "error", "code": error.code, "message": str(error)}))
+                await ws.close(CloseCode.TRY_AGAIN_LATER, "busy")
+                return
+            session = Session(
+                uuid.uuid4().hex,
+                config=self.config.session,
+                segmenter_config=self.config.segmenter,
+                voices=self._voices,
+                langs=self._langs,
+                now=loop.time(),
+            )
+            rt = _Runtime(session=session, ws=ws)
+            self._runtimes[session.session_id] = rt
+        self.metrics.active_sessions.inc()
+        rt.writer = loop.create_task(self._writer(rt), name=f"voxgate-writer-{rt.session.session_id[:8]}")
+        self._pump(rt)
+        try:
+            async for raw in ws:
+                now = loop.time()
+                if rt.session.state is not SessionState.OPEN:
+                    break
+                if isinstance(raw, bytes):
+                    rt.session.receive_binary(now)
+                elif len(raw) > self.config.server.max_message_bytes:
+                    rt.session.send_error(
+                        ProtocolError(f"message over {self.config.server.max_message_bytes} bytes", code="message_too_big")
+                    )
+                elif self._draining:
+                    rt.session.send_error(VoxgateError("server shutting down; no new text accepted", code="shutting_down"))
+                else:
+                    rt.session.receive_text(raw, now)
+                self._pump(rt)
+        except ConnectionClosed:
+            pass
+        finally:
+            self.metrics.active_sessions.dec()
+            await self._detach(rt)
+
+    def _resume(self, ws: Connection, query: str, now: float) -> _Runtime | None:
+        """Reattach a detached session named in ``?session_id=...&last_seq=N``; None: a new session."""
+        from urllib.parse import parse_qs
+
+        params = parse_qs(query)
+        session_id = (params.get("session_id") or [""])[0]
+        if not session_id:
+            return None
+        rt = self._runtimes.get(session_id)
+        try:
+            last_seq = int((params.get("last_seq") or ["-1"])[0])
+        except ValueError:
+            last_seq = -2
+        replay = rt.session.resume(last_seq, now) if rt is not None and rt.ws is None and last_seq >= -1 else None
+        if rt is None or replay is None:
+            self._send_later(ws, {"type": "error", "code": "resume_failed", "message": "session unknown, expired or frames no longer buffered; starting a new session"})
+            return None
+        if rt.timer is not None:
+            rt.timer.cancel()
+        rt.ws = ws
+        self._send_later(ws, {"type": "session.resumed", "session_id": session_id, "replayed": len(replay)}, replay)
+        return rt
+
+    def _send_later(self, ws: Connection, message: dict[str, Any], frames: list[bytes] | None = None) -> None:
+        async def send() -> None:
+            with contextlib.suppress(ConnectionClosed):
+                await ws.send(dumps(message))
+                for frame in frames or ():
+                    await ws.send(frame)
+
+        # Sent before the writer task starts draining the outbox, so it comes first on the wire.
+        task = asyncio.get_running_loop().create_task(send())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+
+    async def _detach(self, rt: _Runtime) -> None:
+        loop = asyncio.get_running_loop()
+        session = rt.session
+        if session.state is SessionState.OPEN:
+            session.detach(loop.time())
+        if rt.writer is not None:
+            rt.writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await rt.writer
+        rt.ws = None
+        self._pump(rt)
+        if session.state is SessionState.DETACHED:
+            if rt.timer is not None:
+                rt.timer.cancel()
+            rt.timer = loop.call_later(self.config.session.resume_grace_s, self._expire_detached, rt)
+        else:
+            self._drop_runtime(rt)
+
+    def _expire_detached(self, rt: _Runtime) -> None:
+        if rt.ws is None:
+            rt.session.close()
+            self._drop_runtime(rt)
+
+    def _drop_runtime(self, rt: _Runtime) -> None:
+        for context in rt.session.close():
+            self._cancel_context(context)
+        if self.scheduler is not None:
+            self.scheduler.cancel_session(rt.session)
+        if rt.timer is not None:
+            rt.timer.cancel()
+        if rt.writer is not None:
+            rt.writer.cancel()
+        self._runtimes.pop(rt.session.session_id, None)
+
+    def _pump(self, rt: _Runtime) -> None:
+        """Move a session's pending work on: pieces to G2P, cancels and closes to the scheduler,
+        backpressure, its timer, its writer."""
+        assert self.scheduler is not None
+        session = rt.session
+        for context in session.contexts_to_cancel():
+            self._cancel_context(context)
+        for request in session.pieces_to_schedule():
+            self._phonemize(rt, request)
+        for context in session.contexts_to_close():
+            self.scheduler.close_context(context)
+        paused = session.take_pause_change()
+        if paused is not None:
+            self.scheduler.set_paused(session, paused)
+            self._wake.set()
+        self._arm_timer(rt)
+        if rt.ws is not None and (session.has_outgoing or session.close_code is not None):
+            rt.wake.set()
+
+    def _cancel_context(self, context: Context) -> None:
+        assert self.scheduler is not None
+        dropped = self.scheduler.cancel_context(context)
+        self.metrics.pieces.labels(outcome="cancelled").inc(len(dropped))
+        self._update_queue_depth()
+
+    def _arm_timer(self, rt: _Runtime) -> None:
+        if rt.ws is None:
+            return
+        deadline = rt.session.next_deadline()
+        if rt.timer is not None:
+            if deadline is not None and abs(rt.timer.when() - deadline) < 1e-4:
+                return
+            rt.timer.cancel()
+            rt.timer = None
+        if deadline is not None:
+            rt.timer = asyncio.get_running_loop().call_at(deadline, self._on_timer, rt)
+
+    def _on_timer(self, rt: _Runtime) -> None:
+        rt.timer = None
+        if rt.session.state is not SessionState.OPEN:
+            return
+        rt.session.receive_timeout(asyncio.get_running_loop().time())
+        self._pump(rt)
+        if rt.session.close_code is not None and rt.ws is not None:
+            # The writer may be stuck on a client that does not read: close from here.
+            ws, code, reason = rt.ws, rt.session.close_code, rt.session.close_reason
+            task = asyncio.get_running_loop().create_task(ws.close(code, reason))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    async def _writer(self, rt: _Runtime) -> None:
+        """The only code that writes to this session's socket."""
+        loop = asyncio.get_running_loop()
+        session = rt.session
+        ws = rt.ws
+        assert ws is not None
+        try:
+            while True:
+                await rt.wake.wait()
+                rt.wake.clear()
+                while (message := session.next_outgoing(loop.time())) is not None:
+                    await ws.send(message)
+                    for seconds in session.take_ttfa():
+                        self.metrics.ttfa.observe(seconds)
+                    paused = session.take_pause_change()
+                    if paused is not None and self.scheduler is not None:
+                        self.scheduler.set_paused(session, paused)
+                        self._wake.set()
+                if session.close_code is not None:
+                    await ws.close(session.close_code, session.close_reason)
+                    return
+        except ConnectionClosed:
+            return
+
+    # --- G2P and scheduling ---------------------------------------------------------------------
+
+    def _phonemize(self, rt: _Runtime, request: PieceRequest) -> None:
+        loop = asyncio.get_running_loop()
+        future = self.g2p.submit(request.text, request.context.settings.lang)
+        # One G2P thread completes in submission order, and call_soon_threadsafe keeps that order.
+        future.add_done_callback(lambda f: loop.call_soon_threadsafe(self._on_phonemes, rt, request, f))
+
+    def _on_phonemes(self, rt: _Runtime, request: PieceRequest, future: Any) -> None:
+        assert self.scheduler is not None
+        now = asyncio.get_running_loop().time()
+        context = request.context
+        if future.cancelled() or context.state.is_finished():
+            return
+        if future.exception() is not None:
+            logger.error("G2P failed", exc_info=future.exception())
+            rt.session.receive_failure(request, EngineFailed("could not turn this text into phonemes"), now)
+            self.metrics.errors.labels(code="engine_failed").inc()
+            self._pump(rt)
+            return
+        parts = [p for p in future.result() if p.phonemes]
+        rt.session.set_parts(request, len(parts), now)
+        ttl = context.ttl_ms
+        for index, part in enumerate(parts):
+            self.scheduler.add(
+                Piece(
+                    session_key=rt.session,
+                    context_key=context,
+                    phonemes=part.phonemes,
+                    voice=context.settings.voice,
+                    speed=context.settings.speed,
+                    arrival=now,
+                    priority=context.priority,
+                    is_first=request.is_first and index == 0,
+                    start_deadline=None if ttl is None else request.created_at + ttl / 1000,
+                    payload=(rt, request, index, part),
+                )
+            )
+        self._update_queue_depth()
+        self._pump(rt)
+        self._wake.set()
+
+    def _update_queue_depth(self) -> None:
+        if self.scheduler is not None:
+            self.metrics.queue_depth.set(self.scheduler.num_queued)
+
+    async def _scheduler_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        scheduler = self.scheduler
+        assert scheduler is not None
+        while True:
+            self._wake.clear()
+            now = loop.time()
+            batch = scheduler.schedule(now)
+            self._report_expired(scheduler.take_expired(), now)
+            if batch is None:
+                deadline = scheduler.next_deadline(now)
+                timeout = None if deadline is None else max(0.0, deadline - now)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout)
+                continue
+            await self._run_batch(batch)
+
+    async def _run_batch(self, batch: Batch) -> None:
+        assert self.scheduler is not None
+        loop = asyncio.get_running_loop()
+        self._update_queue_depth()
+        self.metrics.batch_size.observe(len(batch.pieces))
+        items = [SynthesisItem(phonemes=p.phonemes, voice=p.voice, speed=p.speed, seed=p.seed) for p in batch.pieces]
+        started = time.perf_counter()
+        try:
+            outcome: list[Any] = await asyncio.wrap_future(self.worker.submit(items))
+        except Exception:
+            logger.error("engine worker failed", exc_info=True)
+            outcome = [EngineFailed("synthesis failed") for _ in items]
+        self.metrics.batch_seconds.observe(time.perf_counter() - started)
+        self.metrics.engine_ready.set(1 if self.worker.alive else 0)
+        now = loop.time()
+        touched: dict[int, _Runtime] = {}
+        for piece, result in self.scheduler.complete(batch, outcome):
+            rt, request, part, phoneme_piece = piece.payload
+            touched[id(rt)] = rt
+            if isinstance(result, EngineFailed):
+                self.metrics.pieces.labels(outcome="failed").inc()
+                self.metrics.errors.labels(code="engine_failed").inc()
+                rt.session.receive_failure(request, result, now)
+            else:
+                self.metrics.pieces.labels(outcome="done").inc()
+                self.metrics.audio_seconds.inc(len(result.audio) / 24_000)
+                rt.session.receive_audio(request, part, result, now, words=phoneme_piece.words)
+        for rt in touched.values():
+            self._pump(rt)
+
+    def _report_expired(self, pieces: list[Piece], now: float) -> None:
+        touched: dict[int, _Runtime] = {}
+        for piece in pieces:
+            rt, request, part, _ = piece.payload
+            rt.session.receive_dropped(request, part, "ttl_expired", now)
+            self.metrics.pieces.labels(outcome="expired").inc()
+            touched[id(rt)] = rt
+        for rt in touched.values():
+            self._pump(rt)
+
+    # --- plain HTTP -----------------------------------------------------------------------------
+
+    async def _handle_http(self, request: HttpRequest) -> HttpResponse:
+        route = self.extra_routes.get((request.method, request.path))
+        if route is not None:
+            refusal = self._check_access(request.headers, "&".join(f"{k}={v[0]}" for k, v in request.query.items()))
+            if refusal is not None:
+                return HttpResponse.text(*refusal)
+            return await route(request)
+        if request.method not in ("GET", "HEAD"):
+            return HttpResponse.text(405, "method not allowed")
+        if request.path == "/healthz":
+            return HttpResponse.json(200, {"status": "ok"})
+        if request.path == "/readyz":
+            ready = self.worker.alive and self.scheduler is not None and not self._draining
+            body = {"ready": ready, "engine": self.engine.describe() if self.engine else None}
+            return HttpResponse.json(200 if ready else 503, body)
+        if request.path == "/metrics":
+            if self.scheduler is not None:
+                self.metrics.queue_depth.set(self.scheduler.num_queued)
+            return HttpResponse(200, self.metrics.render(), content_type=CONTENT_TYPE_LATEST)
+        if request.path == STREAM_PATH:
+            return HttpResponse.text(426, "this endpoint speaks WebSocket")
+        path = request.path.removeprefix("/web-demo")
+        response = static_file_response(self._web_root, path)
+        return response or HttpResponse.text(404, "not found")
+
+
+def run(config: Config) -> int:
+    """Serve until SIGINT/SIGTERM, then shut down gracefully. Returns the process exit code."""
+
+    async def main() -> int:
+        gateway = Gateway(config)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError):
+                loop.add_signal_handler(sig, stop.set)
+        await gateway.start()
+        print(
+            f"voxgate: ws://{config.server.host}:{gateway.port}{STREAM_PATH}  demo: http://{config.server.host}:{gateway.port}/",
+            flush=True,
+        )
+        await stop.wait()
+        logger.info("shutting down (grace %.1f s)", config.server.shutdown_grace_s)
+        await gateway.stop()
+        return 0
+
+    if config.server.use_uvloop:
+        try:
+            import uvloop
+
+            return uvloop.run(main())
+        except ImportError:
+            logger.warning("uvloop not installed; using asyncio's default loop")
+    return asyncio.run(main())

@@ -1,0 +1,201 @@
+"""Reliability: auth, origins, engine faults, disconnects, resume, graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+import orjson
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
+
+from gateway.engines.base import SynthesisItem
+from gateway.engines.fake import FakeEngine
+from gateway.engines.worker import EngineWorker
+from gateway.errors import EngineFailed
+from gateway.protocol import decode_audio_frame
+from tests.test_server import http_get, msg, speak
+from tests.utils import run_client, run_server
+
+FAST = {"engine.kind": "fake", "session.max_buffer_ms": 10_000}
+
+
+async def test_a_token_is_required_when_configured_by_header_or_query() -> None:
+    async with run_server(dict(FAST, **{"server.auth_token": "s3cret"})) as gw:
+        base = f"ws://127.0.0.1:{gw.port}/v1/stream"
+        with pytest.raises(InvalidStatus) as info:
+            async with connect(base):
+                pass
+        assert info.value.response.status_code == 401
+        with pytest.raises(InvalidStatus):
+            async with connect(base + "?token=wrong"):
+                pass
+        async with connect(base, additional_headers={"Authorization": "Bearer s3cret"}) as ws:
+            assert orjson.loads(await ws.recv())["type"] == "session.created"
+        async with connect(base + "?token=s3cret") as ws:
+            assert orjson.loads(await ws.recv())["type"] == "session.created"
+        assert gw.metrics.sessions_refused.labels(reason="401")._value.get() == 2
+
+
+async def test_browsers_from_other_origins_are_refused() -> None:
+    async with run_server(dict(FAST, **{"server.allowed_origins": "http://good.example"})) as gw:
+        base = f"ws://127.0.0.1:{gw.port}/v1/stream"
+        with pytest.raises(InvalidStatus) as info:
+            async with connect(base, origin="http://evil.example"):
+                pass
+        assert info.value.response.status_code == 403
+        async with connect(base, origin="http://good.example") as ws:
+            assert orjson.loads(await ws.recv())["type"] == "session.created"
+
+
+def test_a_failing_batch_is_retried_item_by_item_so_one_bad_item_spares_its_neighbours() -> None:
+    worker = EngineWorker(lambda: FakeEngine(voices=("v",), fail_on="BAD"), warmup=False)
+    worker.start().result()
+    try:
+        items = [SynthesisItem("abc", "v"), SynthesisItem("xBADx", "v"), SynthesisItem("def", "v")]
+        outcome = worker.run_blocking(items)
+        assert [type(r).__name__ for r in outcome] == ["SynthesisResult", "EngineFailed", "SynthesisResult"]
+        assert worker.alive
+    finally:
+        worker.stop()
+
+
+class _OutOfMemoryEngine(FakeEngine):
+    attempts: list[int]
+
+    def synthesize(self, items: Any) -> Any:
+        self.attempts = getattr(self, "attempts", []) + [len(items)]
+        if len(items) > 1:
+            raise type("OutOfMemoryError", (RuntimeError,), {})("CUDA out of memory")
+        return super().synthesize(items)
+
+
+def test_out_of_memory_splits_the_batch_and_every_item_still_succeeds() -> None:
+    engine = _OutOfMemoryEngine(voices=("v",))
+    worker = EngineWorker(lambda: engine, warmup=False)
+    worker.start().result()
+    try:
+        outcome = worker.run_blocking([SynthesisItem(c * 3, "v") for c in "abcd"])
+        assert not any(isinstance(r, EngineFailed) for r in outcome)
+        assert engine.attempts == [4, 2, 1, 1, 2, 1, 1]
+    finally:
+        worker.stop()
+
+
+async def test_engine_failure_ends_only_the_affected_context_and_readyz_reports_a_dead_engine() -> None:
+    async with run_server(FAST, engine_factory=lambda: FakeEngine(fail_on="")) as gw:  # every item fails
+        url = f"ws://127.0.0.1:{gw.port}/v1/stream"
+        async def doomed(ws: Any) -> None:
+            await ws.send(msg(type="text", context_id="c", text="This will not work."))
+            await ws.send(msg(type="flush", context_id="c", final=True))
+
+        runs = [await run_client(url, doomed, until=lambda r: bool(r.of_type("error")), timeout=30) for _ in range(3)]
+        for run in runs:
+            assert [e["code"] for e in run.of_type("error")] == ["engine_failed"]
+        status, body = await asyncio.to_thread(http_get, gw.port, "/readyz")
+        assert status == 503 and orjson.loads(body)["ready"] is False
+        assert (await asyncio.to_thread(http_get, gw.port, "/healthz"))[0] == 200
+
+
+async def test_a_client_vanishing_mid_context_frees_its_queued_work_at_once() -> None:
+    engine = FakeEngine(max_batch_size=1)
+    async with run_server(dict(FAST, **{"session.resume_grace_s": 0}), engine_factory=lambda: engine) as gw:
+        url = f"ws://127.0.0.1:{gw.port}/v1/stream"
+        ws = await connect(url)
+        await ws.recv()
+        story = "Sentence number one is here. " * 40
+        await ws.send(msg(type="text", context_id="c", text=story))
+        await ws.send(msg(type="flush", context_id="c", final=True))
+        while not isinstance(await ws.recv(), bytes):
+            pass
+        ws.transport.abort()  # vanish without a close frame
+        await asyncio.sleep(0.5)
+        assert gw.scheduler is not None and gw.scheduler.num_queued == 0
+        synthesized = sum(len(b) for b in engine.batches)
+        await asyncio.sleep(0.5)
+        assert sum(len(b) for b in engine.batches) == synthesized < 40
+        assert not gw._runtimes
+
+
+async def test_a_client_that_reconnects_with_its_session_id_gets_missed_frames_and_the_same_numbering() -> None:
+    async with run_server(FAST) as gw:
+        url = f"ws://127.0.0.1:{gw.port}/v1/stream"
+        ws = await connect(url)
+        session_id = orjson.loads(await ws.recv())["session_id"]
+        await ws.send(msg(type="text", context_id="c", text="A first sentence to hear. And a second one."))
+        await ws.send(msg(type="flush", context_id="c", final=True))
+        seqs = []
+        while True:
+            raw = await ws.recv()
+            if isinstance(raw, bytes):
+                seqs.append(decode_audio_frame(raw)[0].seq)
+            elif orjson.loads(raw)["type"] == "context.done":
+                break
+        await ws.close()
+        await asyncio.sleep(0.2)
+        seen = seqs[len(seqs) // 2]  # pretend the tail was lost in transit
+        async with connect(f"{url}?session_id={session_id}&last_seq={seen}") as again:
+            resumed = orjson.loads(await again.recv())
+            assert resumed == {"type": "session.resumed", "session_id": session_id, "replayed": len(seqs) - len(seqs) // 2 - 1}
+            replayed = [decode_audio_frame(await again.recv())[0].seq for _ in range(resumed["replayed"])]
+            assert replayed == seqs[len(seqs) // 2 + 1 :]
+            await again.send(msg(type="text", context_id="d", text="After the reconnect."))
+            await again.send(msg(type="flush", context_id="d", final=True))
+            while not isinstance(raw := await again.recv(), bytes):
+                pass
+            assert decode_audio_frame(raw)[0].seq == seqs[-1] + 1
+        async with connect(f"{url}?session_id=nope&last_seq=3") as third:
+            first = orjson.loads(await third.recv())
+            assert first["type"] == "error" and first["code"] == "resume_failed"
+            assert orjson.loads(await third.recv())["type"] == "session.created"
+
+
+def test_sigterm_finishes_in_flight_contexts_tells_clients_and_exits_0(tmp_path: Any) -> None:
+    env = dict(os.environ, VOXGATE_ENGINE_KIND="fake", VOXGATE_SERVER_PORT="0", VOXGATE_SERVER_SHUTDOWN_GRACE_S="10")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "serve", "--config", "configs/test.toml", "--set", "engine.kind=fake"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=env,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        port = None
+        deadline = time.time() + 60
+        while port is None and time.time() < deadline:
+            line = proc.stdout.readline()
+            if "voxgate: ws://" in line:
+                port = int(line.split("ws://")[1].split("/")[0].rsplit(":", 1)[1])
+        assert port is not None
+
+        async def client() -> list[Any]:
+            events: list[Any] = []
+            async with connect(f"ws://127.0.0.1:{port}/v1/stream") as ws:
+                await ws.recv()
+                await ws.send(msg(type="text", context_id="c", text="Finish this sentence please. " * 4))
+                await ws.send(msg(type="flush", context_id="c", final=True))
+                while not isinstance(await ws.recv(), bytes):
+                    pass
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    async for raw in ws:
+                        events.append("frame" if isinstance(raw, bytes) else orjson.loads(raw)["type"])
+                except Exception:
+                    pass
+                events.append(("close", ws.close_code))
+            return events
+
+        events = asyncio.run(client())
+        assert proc.wait(timeout=30) == 0
+        assert "context.done" in events
+        assert events[-1] == ("close", 1012)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
