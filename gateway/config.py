@@ -94,8 +94,8 @@ class SessionConfig:
     max_chars_per_s: float = 20_000.0
     #: Seconds a disconnected session waits for a ``resume``; 0 disables resume.
     resume_grace_s: float = 30.0
-    #: Frames kept for replay after a reconnect.
-    replay_buffer_frames: int = 1_500
+    #: Frames kept for replay after a reconnect (500 x 20 ms = 10 s of audio).
+    replay_buffer_frames: int = 500
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,7 +18,7 @@ Modes (same inputs, for comparison in the load benchmark):
   session served longest ago first), then arrival. One piece per context per batch keeps a context's
   pieces in order; one per session per batch on the first pass keeps one talker from starving others.
 - ``serial``: one FIFO worker, one piece at a time (what RealtimeTTS and AllTalk recommend).
-- ``locked``: the oldest context holds the engine until it is closed and fully synthesized, like a
+- ``locked``: the oldest context holds the engine until it is finished (all its audio out), like a
   server that runs one request at a time (Kokoro-FastAPI).
 """
 
@@ -129,9 +129,8 @@ class Scheduler:
         self._ids = itertools.count()
         self._batch_ids = itertools.count()
         self._arrivals = itertools.count()
-        # locked mode: the context that holds the engine, and contexts that will get no more pieces.
+        # locked mode: the context that holds the engine; arrival order of live contexts.
         self._lock_holder: Hashable | None = None
-        self._closed_contexts: set[Hashable] = set()
         self._context_first_arrival: dict[Hashable, int] = {}
         self._num_batches = 0
 
@@ -178,15 +177,16 @@ class Scheduler:
                     self._forget_context(piece.context_key)
         return dropped
 
-    def close_context(self, context_key: Hashable) -> None:
-        """The context will get no more pieces (final flush); ends its hold on the engine in locked mode."""
-        self._closed_contexts.add(context_key)
-        if not self._has_pieces_of(context_key):
-            self._forget_context(context_key)
+    def finish_context(self, context_key: Hashable) -> None:
+        """The context is finished (all its audio delivered): forget it, and in locked mode release the
+        engine it held. Idempotent. Call it exactly when the context ends, not at its final flush:
+        pieces may still be on their way from G2P then."""
+        self._forget_context(context_key)
 
     def set_paused(self, session_key: Hashable, paused: bool) -> None:
         """Backpressure: a paused session's pieces keep their place but are not scheduled."""
-        self._sessions.setdefault(session_key, _SessionQueue()).paused = paused
+        if session_key in self._sessions or paused:
+            self._sessions.setdefault(session_key, _SessionQueue()).paused = paused
 
     def remove_session(self, session_key: Hashable) -> None:
         self.cancel_session(session_key)
@@ -250,8 +250,6 @@ class Scheduler:
                 continue
             piece.status = PieceStatus.FAILED if isinstance(result, BaseException) else PieceStatus.DONE
             delivered.append((piece, result))
-            if piece.context_key in self._closed_contexts and not self._has_pieces_of(piece.context_key):
-                self._forget_context(piece.context_key)
         return delivered
 
     def take_expired(self) -> list[Piece]:
@@ -360,17 +358,9 @@ class Scheduler:
                 shortest, longest = lo, hi
         return chosen
 
-    def _has_pieces_of(self, context_key: Hashable) -> bool:
-        running = self._running.pieces if self._running else []
-        return any(
-            p.context_key == context_key and not p.status.is_finished()
-            for p in itertools.chain(running, *(q.pieces for q in self._sessions.values()))
-        )
-
     def _forget_context(self, context_key: Hashable) -> None:
         if self._lock_holder == context_key:
             self._lock_holder = None
-        self._closed_contexts.discard(context_key)
         self._context_first_arrival.pop(context_key, None)
 
     def _check_invariants(self, batch: Batch) -> None:

@@ -220,9 +220,9 @@ class Gateway:
         return G2P(lang, vocab=vocab)
 
     def _available_langs(self) -> list[str]:
-        from gateway.text import g2p
+        from gateway.text.g2p import available_languages
 
-        langs = list(getattr(g2p, "available_languages", lambda: ["en", "en-gb", "ja"])())
+        langs = list(available_languages())
         default = self.config.session.default_lang
         return sorted(langs, key=lambda lang: (lang != default, lang))
 
@@ -364,7 +364,12 @@ class Gateway:
         loop = asyncio.get_running_loop()
         session = rt.session
         if session.state is SessionState.OPEN:
-            session.detach(loop.time())
+            # A clean close from the client means it is done: only lost connections wait for a resume.
+            if rt.ws is not None and rt.ws.close_code in (CloseCode.NORMAL, CloseCode.GOING_AWAY):
+                for context in session.close():
+                    self._cancel_context(context)
+            else:
+                session.detach(loop.time())
         if rt.writer is not None:
             rt.writer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -403,8 +408,8 @@ class Gateway:
             self._cancel_context(context)
         for request in session.pieces_to_schedule():
             self._phonemize(rt, request)
-        for context in session.contexts_to_close():
-            self.scheduler.close_context(context)
+        for context in session.contexts_finished():
+            self.scheduler.finish_context(context)
         paused = session.take_pause_change()
         if paused is not None:
             self.scheduler.set_paused(session, paused)

@@ -2,7 +2,7 @@
 
 The server feeds it (``receive_text``, ``receive_binary``, ``receive_timeout``, ``receive_audio``,
 ``receive_failure``, ``receive_dropped``) and drains it (``pieces_to_schedule``,
-``contexts_to_cancel``, ``contexts_to_close``, ``next_outgoing``). It never touches a socket, a thread
+``contexts_to_cancel``, ``contexts_finished``, ``next_outgoing``). It never touches a socket, a thread
 or a clock: ``now`` is always passed in.
 
 Guarantees, testable without a socket:
@@ -200,7 +200,7 @@ class Session:
         self._next_seq = 0
         self._pieces: list[PieceRequest] = []
         self._to_cancel: list[Context] = []
-        self._to_close: list[Context] = []
+        self._finished: list[Context] = []
         self._ttfa: list[float] = []
         self.paused = False
         self._pause_changed = False
@@ -328,9 +328,9 @@ class Session:
         contexts, self._to_cancel = self._to_cancel, []
         return contexts
 
-    def contexts_to_close(self) -> list[Context]:
-        """Contexts that will get no more pieces (final flush)."""
-        contexts, self._to_close = self._to_close, []
+    def contexts_finished(self) -> list[Context]:
+        """Contexts that ended with all their audio delivered (the scheduler may forget them)."""
+        contexts, self._finished = self._finished, []
         return contexts
 
     def take_ttfa(self) -> list[float]:
@@ -555,7 +555,6 @@ class Session:
             self._cut(context, context.segmenter.flush(), now)
             if message.final:
                 context.state = ContextState.CLOSING
-                self._to_close.append(context)
                 self._drain_results(context, now)
 
     def _apply_cancel(self, message: CancelMessage, now: float) -> None:
@@ -670,6 +669,7 @@ class Session:
                     "audio_ms": round(context.samples_out * 1000.0 / context.settings.sample_rate, 3),
                 },
             )
+            self._finished.append(context)
         else:
             self._purge(context, now)
             self._to_cancel.append(context)

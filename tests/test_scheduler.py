@@ -196,7 +196,7 @@ def test_serial_mode_runs_one_piece_at_a_time_in_arrival_order() -> None:
     assert order == ["a", "b"]
 
 
-def test_locked_mode_holds_the_engine_for_one_context_until_it_closes() -> None:
+def test_locked_mode_holds_the_engine_for_one_context_until_it_is_finished() -> None:
     s = make_scheduler(mode="locked")
     s.add(make_pieces("a", "c", [10])[0])
     s.add(make_pieces("b", "c", [10])[0])
@@ -204,7 +204,7 @@ def test_locked_mode_holds_the_engine_for_one_context_until_it_closes() -> None:
     assert batch is not None and batch.pieces[0].session_key == "a"
     s.complete(batch, [object()])
     assert s.schedule(0.0) is None  # "a" holds the engine while its text is still streaming
-    s.close_context(("a", "c"))
+    s.finish_context(("a", "c"))
     batch = s.schedule(0.0)
     assert batch is not None and batch.pieces[0].session_key == "b"
 
@@ -267,3 +267,18 @@ def test_invariants_hold_under_random_operation_sequences(ops: list, max_pieces:
             s.set_paused(session, False)
     for order in spoken.values():
         assert order == sorted(order)
+
+
+def test_finished_and_cancelled_contexts_leave_no_bookkeeping_behind() -> None:
+    s = make_scheduler(mode="locked")
+    for sid in ("a", "b"):
+        s.add(make_pieces(sid, "c", [10])[0])
+    while (batch := s.schedule(0.0)) is not None:
+        s.complete(batch, [object()])
+        s.finish_context(batch.pieces[0].context_key)
+    s.add(make_pieces("c", "c", [10])[0])
+    s.cancel_context(("c", "c"))
+    for sid in ("a", "b", "c"):
+        s.cancel_session(sid)
+    s.set_paused("gone", False)
+    assert s._context_first_arrival == {} and s._sessions == {} and s._lock_holder is None

@@ -149,7 +149,16 @@ class G2PWorker:
         self._g2p: dict[str, object] = {}
 
     def preload(self, langs: Sequence[str]) -> concurrent.futures.Future[None]:
-        return self._executor.submit(lambda: [self._get(lang) for lang in langs] and None)
+        """Load these languages now, so the first request does not pay for spaCy and friends."""
+
+        def load() -> None:
+            for lang in langs:
+                g2p = self._get(lang)
+                loader = getattr(g2p, "load", None)
+                if loader is not None:
+                    loader()
+
+        return self._executor.submit(load)
 
     def submit(self, text: str, lang: str) -> concurrent.futures.Future[list]:
         return self._executor.submit(lambda: self._get(lang).phonemize(text))  # type: ignore[attr-defined]

@@ -1,0 +1,1 @@
+"""Benchmarks behind ``voxgate bench``: engine throughput, load, soak."""
