@@ -1,0 +1,378 @@
+"""Cut a stream of text fragments into speakable pieces, short first for a low time to first audio.
+
+Sans-I/O and clock-free: ``Segmenter.feed(fragment)`` returns the pieces that became complete,
+``Segmenter.flush()`` returns the rest. Timers (``max_buffer_ms``) live in the session, which calls
+``flush()`` when one fires.
+
+Why these cuts. Kokoro cannot stream inside a piece (global norms, bidirectional LSTMs), so the
+first audio arrives only after the whole first piece is synthesized: on the 2-core CPU about 0.5 s
+of compute per second of speech. The first piece is therefore cut at the first clause boundary
+once it holds a couple of words, or at a word boundary after ~8 words. Later pieces grow (by
+``growth`` per piece) towards ``max_chars``: longer pieces give better prosody and fewer engine
+items, and each piece only has to be ready before the audio already queued runs out.
+
+Lengths are in Latin-character units: a wide (CJK) character counts ``cjk_weight`` (3) units,
+because one such character is about one syllable, as much speech as ~3 Latin letters.
+
+Invariants (tested with hypothesis):
+
+- every piece is a slice of the input with surrounding whitespace stripped; slices are consecutive,
+  so the pieces with whitespace removed concatenate to the input with whitespace removed; the only
+  exception is a remainder with no letter or digit at all at ``flush()`` (e.g. a lone "…"), which
+  is dropped because there is nothing to say;
+- every piece holds at least one letter or digit (no whitespace- or punctuation-only pieces);
+- no cut falls inside a run of non-space characters, except between wide (CJK) characters;
+- a piece is at most its limit (``max_chars`` at most) unless one word alone is longer;
+- the pieces do not depend on how the text was fragmented: every decision looks at a bounded,
+  already-received stretch of text and waits (returns nothing yet) until it has it. The price is
+  one fragment of latency at each cut: a cut is taken only once the next word has started to
+  arrive, so that "Mr." / "e.g." / "3.5" and closing quotes are seen first.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from dataclasses import dataclass
+from functools import lru_cache
+
+__all__ = ["Segmenter", "text_units"]
+
+# Sentence-ending marks that need a following space (so "3.5", "U.S.A", ".com" are not cut).
+_SENTENCE_MARKS = frozenset(".!?…")
+# Clause marks that need a following space ("10:30" and "3,000" are not cut).
+_CLAUSE_MARKS = frozenset(",;:—–")
+# CJK marks end a sentence or clause without a space after them.
+_CJK_SENTENCE_MARKS = frozenset("。！？．")
+_CJK_CLAUSE_MARKS = frozenset("，、；：")
+# Closing quotes and brackets stay with the mark they follow.
+_CLOSERS = frozenset("\"'”’)]}»」』）】〕〉》")
+_OPENERS = frozenset("\"'“‘([{«「『（【〔〈《")
+_CJK_PUNCT = (
+    _CJK_SENTENCE_MARKS | _CJK_CLAUSE_MARKS | frozenset("「」『』（）【】〔〕〈〉《》・〜ー")
+)
+
+# Words before a "." that do not end a sentence (compared lower-cased). Words with inner dots
+# ("e.g", "U.S"), single letters (initials) and numbers of one or two digits (list items) count
+# too. A miss only delays the cut to the next boundary.
+_ABBREVIATIONS = frozenset(
+    """
+    mr mrs ms mx dr prof sr jr st mt ft vs etc cf approx dept est fig figs inc ltd co corp no nos
+    vol vols ch pp ed eds gen gov sen rep lt col sgt capt cmdr rev hon jan feb mar apr jun jul aug
+    sep sept oct nov dec mon tue tues wed thu thurs fri sat sun
+    """.split()
+)
+
+_WAIT = -1  # the decision needs text that has not arrived yet
+_TAKE_ALL = -2  # final: no cut is possible any more, the rest is one piece
+_REJECT = -3  # not a cut; keep scanning
+
+
+@lru_cache(maxsize=4096)
+def _is_wide(ch: str) -> bool:
+    return unicodedata.east_asian_width(ch) in ("W", "F")
+
+
+def text_units(text: str, *, cjk_weight: int = 3) -> int:
+    """Length of ``text`` in the units ``Segmenter`` limits count: wide characters weigh more."""
+    return sum(cjk_weight if _is_wide(c) else 1 for c in text)
+
+
+@dataclass(frozen=True, slots=True)
+class _Limits:
+    max_units: int  # force a cut at a word boundary before exceeding this
+    clause_min: int  # clause boundaries cut only once the piece is this long
+    floor: int  # no cut at all before this (a couple of words)
+
+
+class Segmenter:
+    """Per-context text segmentation for streaming TTS.
+
+    Responsibilities: buffer fragments (which split words anywhere), decide where speakable pieces
+    end, and hand them out in order. Not its job: time (the session owns ``max_buffer_ms`` and calls
+    ``flush()``), phonemes (``gateway.text.g2p``), the engine's 510-phoneme limit (G2P splits again
+    if a piece is still too long).
+
+    Parameters, in Latin-character units (see ``text_units``):
+
+    - ``first_min_chars`` (8): the first piece ends at the first clause or sentence boundary once it
+      is this long, about two words ("Sure, " is too short, "Hi there, " is not). It is also the
+      floor for every later piece, so "Yes." and "OK." merge with what follows.
+    - ``first_max_chars`` (50): without punctuation the first piece ends at the last word boundary
+      before this, about 8 English words or 3 s of speech (~1.5 s of CPU synthesis).
+    - ``min_chars`` (80): later pieces cut at clause marks only past this; sentence ends always cut.
+    - ``max_chars`` (250): later pieces are cut at the last word boundary before this: ~15 s of
+      speech and ~250 phonemes, half the engine's 510 limit, leaving room for scripts that
+      phonemize to more symbols per character (romaji, pinyin with tones).
+    - ``growth`` (2.0): piece k (k >= 1) may be ``first_max_chars * growth**k`` long (capped at
+      ``max_chars``), and clause cuts need half of that (capped at ``min_chars``): 50, 100, 200,
+      250... so each piece can be synthesized while the ones before it play, even at real-time
+      factor 0.5. Use a large value to jump straight to ``max_chars`` (fast engines).
+    - ``cjk_weight`` (3): units per wide character.
+
+    Call ``feed()`` for each fragment and send what it returns; call ``flush()`` at the end of the
+    input or when the buffer timer fires. A new turn that wants a short first piece again needs a
+    new ``Segmenter``.
+    """
+
+    def __init__(
+        self,
+        *,
+        first_min_chars: int = 8,
+        first_max_chars: int = 50,
+        min_chars: int = 80,
+        max_chars: int = 250,
+        growth: float = 2.0,
+        cjk_weight: int = 3,
+    ) -> None:
+        if not 0 < first_min_chars <= first_max_chars <= max_chars:
+            raise ValueError("need 0 < first_min_chars <= first_max_chars <= max_chars")
+        if not first_min_chars <= min_chars <= max_chars:
+            raise ValueError("need first_min_chars <= min_chars <= max_chars")
+        if growth < 1.0:
+            raise ValueError("growth must be >= 1")
+        if cjk_weight < 1:
+            raise ValueError("cjk_weight must be >= 1")
+        self.first_min_chars = first_min_chars
+        self.first_max_chars = first_max_chars
+        self.min_chars = min_chars
+        self.max_chars = max_chars
+        self.growth = growth
+        self.cjk_weight = cjk_weight
+        self._text = ""
+        #: Pieces handed out so far (the first one is short, later ones grow).
+        self.num_pieces = 0
+        # Where the scan for the current piece stopped: (start, i, units, has_word,
+        # last_boundary, over); None when it must start over (after a cut).
+        self._scan: tuple[int, int, int, bool, int, bool] | None = None
+
+    # -- public API ---------------------------------------------------------------------------
+
+    @property
+    def pending(self) -> str:
+        """Text received but not yet handed out in a piece (as received, whitespace included)."""
+        return self._text
+
+    @property
+    def has_pending(self) -> bool:
+        """Whether anything but whitespace is buffered (``flush()`` may then return a piece)."""
+        return bool(self._text.strip())
+
+    def feed(self, fragment: str) -> list[str]:
+        """Append ``fragment`` and return the pieces that are now complete (often none)."""
+        if not fragment:
+            return []
+        self._text += fragment
+        return self._drain(final=False)
+
+    def flush(self) -> list[str]:
+        """Return everything buffered as pieces and empty the buffer.
+
+        Long buffered text is still cut by the usual rules; what is left becomes the last piece. A
+        remainder without any letter or digit is dropped.
+        """
+        pieces = self._drain(final=True)
+        rest = self._text.strip()
+        self._text = ""
+        self._scan = None
+        if any(c.isalnum() for c in rest):
+            pieces.append(rest)
+            self.num_pieces += 1
+        return pieces
+
+    def limits(self, index: int) -> tuple[int, int]:
+        """(max units, clause-cut minimum) for the piece with this index (0 is the first)."""
+        lim = self._limits(index)
+        return lim.max_units, lim.clause_min
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _limits(self, index: int) -> _Limits:
+        if index == 0:
+            return _Limits(self.first_max_chars, self.first_min_chars, self.first_min_chars)
+        # Beyond ~40 doublings every limit is at max_chars anyway; avoid float overflow.
+        grown = self.first_max_chars * self.growth ** min(index, 64)
+        max_units = int(min(self.max_chars, grown))
+        clause_min = max(self.first_min_chars, min(self.min_chars, max_units // 2))
+        return _Limits(max_units, clause_min, self.first_min_chars)
+
+    def _drain(self, *, final: bool) -> list[str]:
+        pieces: list[str] = []
+        while True:
+            cut = self._find_cut(final=final)
+            if cut < 0:
+                return pieces
+            piece = self._text[:cut].strip()
+            self._text = self._text[cut:]
+            pieces.append(piece)
+            self.num_pieces += 1
+
+    def _units(self, ch: str) -> int:
+        return self.cjk_weight if _is_wide(ch) else 1
+
+    def _find_cut(self, *, final: bool) -> int:
+        """End of the next piece in ``self._text``, or ``_WAIT`` / ``_TAKE_ALL``.
+
+        Scans left to right and takes the first boundary that qualifies; a boundary is decided only
+        from text already received, waiting when it needs more. That makes the result independent
+        of fragmentation. On ``_WAIT`` the scan state is kept, so the next ``feed()`` resumes where
+        this one stopped instead of rescanning the piece (a feed costs its own characters).
+        """
+        text = self._text
+        n = len(text)
+        lim = self._limits(self.num_pieces)
+        if self._scan is not None:
+            start, i, units, has_word, last_boundary, over = self._scan
+        else:
+            start = 0
+            while start < n and text[start].isspace():
+                start += 1
+            units = 0  # units of text[start:i]
+            has_word = False  # text[start:i] holds a letter or digit
+            last_boundary = -1  # last word boundary at which the piece was within max_units
+            over = False
+            i = start
+        self._scan = None
+        while i < n:
+            # The decision at i depends only on this state and the text: resumable from here.
+            state = (start, i, units, has_word, last_boundary, over)
+            ch = text[i]
+            decision = _REJECT
+            if i > start and has_word and self._is_word_boundary(text, i):
+                if over:
+                    # One word longer than the limit: cut right after it.
+                    decision = self._confirm(i, final=final)
+                else:
+                    last_boundary = i
+            if decision == _REJECT:
+                units += self._units(ch)
+                has_word = has_word or ch.isalnum()
+                if units > lim.max_units and not over:
+                    over = True
+                    if last_boundary > 0:
+                        decision = self._confirm(last_boundary, final=final)
+                if decision == _REJECT and not over:
+                    decision = self._punctuation_cut(
+                        text, start, i, units - self._units(ch), lim, final
+                    )
+            if decision != _REJECT:
+                if decision == _WAIT:
+                    self._scan = state
+                return decision
+            i += 1
+        if final:
+            return _TAKE_ALL
+        if start < n:  # all-whitespace text so far: the piece has not started yet
+            self._scan = (start, i, units, has_word, last_boundary, over)
+        return _WAIT
+
+    def _punctuation_cut(
+        self, text: str, start: int, i: int, units_before: int, lim: _Limits, final: bool
+    ) -> int:
+        """Decision for a punctuation or line-break boundary at ``text[i]``; ``_REJECT`` if none."""
+        ch = text[i]
+        n = len(text)
+        prev = text[i - 1] if i > 0 else ""
+        if ch == "\n":
+            if prev.isspace():
+                return _REJECT
+            return self._accept(text, start, i, units_before, lim.floor, lim, final)
+        if ch in _CJK_SENTENCE_MARKS or ch in _CJK_CLAUSE_MARKS:
+            if prev in _CJK_SENTENCE_MARKS or prev in _CJK_CLAUSE_MARKS:
+                return _REJECT  # decided at the first mark of the run
+            j = self._skip(text, i, _CJK_SENTENCE_MARKS | _CJK_CLAUSE_MARKS | _SENTENCE_MARKS)
+            j = self._skip(text, j, _CLOSERS)
+            if j == n:
+                return _TAKE_ALL if final else _WAIT
+            sentence = any(c in _CJK_SENTENCE_MARKS for c in text[i:j])
+            need = lim.floor if sentence else max(lim.floor, lim.clause_min)
+            return self._accept(
+                text, start, j, units_before + self._span_units(text, i, j), need, lim, final
+            )
+        if ch in _SENTENCE_MARKS or ch in _CLAUSE_MARKS or (ch == "-" and prev.isspace()):
+            marks = _SENTENCE_MARKS if ch in _SENTENCE_MARKS else _CLAUSE_MARKS | {"-"}
+            if prev in marks:
+                return _REJECT  # decided at the first mark of the run
+            j = self._skip(text, i, marks)
+            j = self._skip(text, j, _CLOSERS)
+            if j == n:
+                return _TAKE_ALL if final else _WAIT
+            if not text[j].isspace():
+                return _REJECT  # "3.5", "10:30", "well—maybe": not a boundary
+            marks_run = text[i:j].rstrip("".join(_CLOSERS))
+            if marks_run == "." and self._is_abbreviation(text, start, i):
+                return _REJECT
+            sentence = ch in _SENTENCE_MARKS
+            if sentence:
+                nxt = self._next_word_char(text, j)
+                if not nxt and not final:
+                    return _WAIT  # the case of the next word decides what kind of boundary this is
+                if nxt.islower():
+                    # Not a sentence end: "e.g. apples", "wait... what"; '"Stop!" she said' is
+                    # still a clause boundary.
+                    if set(marks_run) <= {".", "…"}:
+                        return _REJECT
+                    sentence = False
+            need = lim.floor if sentence else max(lim.floor, lim.clause_min)
+            return self._accept(
+                text, start, j, units_before + self._span_units(text, i, j), need, lim, final
+            )
+        return _REJECT
+
+    def _accept(
+        self, text: str, start: int, end: int, units: int, need: int, lim: _Limits, final: bool
+    ) -> int:
+        """Cut at ``end`` if the piece is long enough, within limits, and a word follows."""
+        if units < need or units > lim.max_units:
+            return _REJECT
+        if not any(c.isalnum() for c in text[start:end]):
+            return _REJECT
+        return self._confirm(end, final=final)
+
+    def _confirm(self, end: int, *, final: bool) -> int:
+        """``end`` once a letter or digit is known to follow it (so the next piece is speakable)."""
+        if self._next_word_char(self._text, end):
+            return end
+        return _TAKE_ALL if final else _WAIT
+
+    @staticmethod
+    def _next_word_char(text: str, pos: int) -> str:
+        for c in text[pos:]:
+            if c.isalnum():
+                return c
+        return ""
+
+    @staticmethod
+    def _skip(text: str, pos: int, chars: frozenset[str] | set[str]) -> int:
+        while pos < len(text) and text[pos] in chars:
+            pos += 1
+        return pos
+
+    def _span_units(self, text: str, i: int, j: int) -> int:
+        return sum(self._units(c) for c in text[i:j])
+
+    @staticmethod
+    def _is_abbreviation(text: str, start: int, dot: int) -> bool:
+        """Whether the word before the "." at ``dot`` is an abbreviation, initial or list number."""
+        k = dot
+        while k > start and (text[k - 1].isalnum() or text[k - 1] == "."):
+            k -= 1
+        word = text[k:dot]
+        if not word:
+            return False
+        if "." in word or (len(word) == 1 and word.isalpha()):
+            return True
+        if word.isdigit():
+            return len(word) <= 2
+        return word.lower() in _ABBREVIATIONS
+
+    def _is_word_boundary(self, text: str, i: int) -> bool:
+        """Whether a piece may end between ``text[i-1]`` and ``text[i]`` (never inside a word)."""
+        a, b = text[i - 1], text[i]
+        if b.isspace():
+            return not a.isspace()
+        if a.isspace() or a in _OPENERS or b in _CLOSERS:
+            return False
+        # Between characters of unspaced CJK text (and at a CJK/Latin seam).
+        a_cjk = _is_wide(a) and a not in _CJK_PUNCT
+        b_cjk = _is_wide(b) and b not in _CJK_PUNCT
+        return (a_cjk and (b_cjk or b.isalnum())) or (b_cjk and a.isalnum())

@@ -1,0 +1,303 @@
+"""Segmenter: where a stream of text fragments is cut into speakable pieces (pure, no I/O)."""
+
+from __future__ import annotations
+
+import itertools
+import unicodedata
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gateway.text.segmenter import Segmenter, text_units
+
+
+def segment(text: str, fragments: list[str] | None = None, **options: object) -> list[str]:
+    """Pieces for ``text`` fed in ``fragments`` (default: in one go), then flushed."""
+    seg = Segmenter(**options)  # type: ignore[arg-type]
+    pieces: list[str] = []
+    for fragment in fragments if fragments is not None else [text]:
+        pieces += seg.feed(fragment)
+    pieces += seg.flush()
+    assert not seg.has_pending and seg.pending == ""
+    return pieces
+
+
+def fragment(text: str, cuts: list[int]) -> list[str]:
+    bounds = [0, *sorted(set(cuts)), len(text)]
+    return [text[a:b] for a, b in itertools.pairwise(bounds)]
+
+
+def wide(ch: str) -> bool:
+    return unicodedata.east_asian_width(ch) in ("W", "F")
+
+
+# -- examples -----------------------------------------------------------------------------------
+
+
+def test_first_piece_ends_at_the_first_comma_once_it_has_a_couple_of_words() -> None:
+    assert segment("Hello there, how are you doing today? I am fine.") == [
+        "Hello there,",
+        "how are you doing today?",
+        "I am fine.",
+    ]
+
+
+def test_first_piece_is_not_cut_before_a_couple_of_words() -> None:
+    pieces = segment("Sure, I can help you with that. Let us start.")
+    assert pieces[0] == "Sure, I can help you with that."
+
+
+def test_first_piece_without_punctuation_ends_at_a_word_boundary_near_first_max_chars() -> None:
+    text = "one two three four five six seven eight nine ten eleven twelve thirteen fourteen"
+    pieces = segment(text, first_max_chars=30)
+    assert pieces[0] == "one two three four five six"
+    assert len(pieces[0]) <= 30
+
+
+def test_fragments_that_split_words_anywhere_give_whole_pieces() -> None:
+    seg = Segmenter()
+    out: list[str] = []
+    for frag in ["Hel", "lo wor", "ld, th", "is is", " a test", ". And", " more"]:
+        out += seg.feed(frag)
+    assert out == ["Hello world,", "this is a test."]
+    assert seg.pending == " And more"
+    assert seg.flush() == ["And more"]
+
+
+def test_a_period_is_not_a_cut_until_the_next_character_is_known_to_be_whitespace() -> None:
+    seg = Segmenter()
+    assert seg.feed("The value is 3.") == []
+    assert seg.feed("5 today.") == []
+    assert seg.feed(" Next") == ["The value is 3.5 today."]
+
+
+def test_decimals_abbreviations_and_initials_do_not_end_sentences() -> None:
+    text = (
+        "Good morning to you all. Mr. Smith paid 3.5 dollars, e.g. for J. R. R. Tolkien books in "
+        "the U.S. today. Then he left."
+    )
+    assert segment(text) == [
+        "Good morning to you all.",
+        "Mr. Smith paid 3.5 dollars, e.g. for J. R. R. Tolkien books in the U.S. today.",
+        "Then he left.",
+    ]
+
+
+def test_numbers_with_separators_and_clock_times_are_not_cut() -> None:
+    pieces = segment("We sold 3,000 units at 10:30 yesterday, which is a record for us.")
+    assert pieces == ["We sold 3,000 units at 10:30 yesterday,", "which is a record for us."]
+
+
+def test_closing_quotes_stay_with_their_sentence() -> None:
+    assert segment('He turned around. "Stop it now!" she said. "Why?" He asked.') == [
+        "He turned around.",
+        '"Stop it now!" she said.',
+        '"Why?" He asked.',
+    ]
+
+
+def test_cjk_marks_cut_without_a_following_space() -> None:
+    assert segment("こんにちは、世界。今日はとても良い天気ですね！散歩に行きましょう。") == [
+        "こんにちは、",
+        "世界。",
+        "今日はとても良い天気ですね！",
+        "散歩に行きましょう。",
+    ]
+
+
+def test_unpunctuated_cjk_text_is_cut_between_characters() -> None:
+    text = "我们今天去公园散步然后去吃饭再回家休息一下" * 3
+    pieces = segment(text, first_max_chars=30)
+    assert "".join(pieces) == text
+    assert text_units(pieces[0]) <= 30
+
+
+def test_line_breaks_end_pieces() -> None:
+    assert segment("Shopping list\n- fresh apples\n- brown bread") == [
+        "Shopping list",
+        "- fresh apples",
+        "- brown bread",
+    ]
+
+
+def test_later_pieces_prefer_sentence_ends_over_clause_marks() -> None:
+    text = "First of all, hello everyone. " + "This one has a comma, but it is short. " * 2
+    pieces = segment(text)
+    assert pieces[1:] == ["hello everyone."] + ["This one has a comma, but it is short."] * 2
+
+
+def test_later_pieces_grow_towards_max_chars() -> None:
+    seg = Segmenter(first_max_chars=50, min_chars=80, max_chars=250, growth=2.0)
+    assert [seg.limits(k) for k in range(5)] == [
+        (50, 8),
+        (100, 50),
+        (200, 80),
+        (250, 80),
+        (250, 80),
+    ]
+    words = " ".join(f"word{i}" for i in range(200))
+    pieces = segment(words, first_max_chars=50, max_chars=250)
+    for index, piece in enumerate(pieces[:-1]):
+        limit, _ = seg.limits(index)
+        assert limit - len(" word199") < len(piece) <= limit
+
+
+def test_a_single_word_longer_than_max_chars_is_one_piece() -> None:
+    long_word = "x" * 80
+    options = {"first_min_chars": 2, "first_max_chars": 10, "min_chars": 10, "max_chars": 20}
+    assert segment(f"short {long_word} end", **options) == [
+        "short",
+        long_word,
+        "end",
+    ]
+
+
+def test_whitespace_and_punctuation_alone_produce_no_piece() -> None:
+    seg = Segmenter()
+    assert seg.feed("   \n ") == []
+    assert not seg.has_pending
+    assert seg.flush() == []
+    assert segment("... !!! —") == []
+
+
+def test_trailing_punctuation_joins_the_last_piece() -> None:
+    assert segment("That is all for today, folks. :)") == ["That is all for today,", "folks. :)"]
+
+
+def test_flush_empties_the_buffer_and_later_text_continues_the_context() -> None:
+    seg = Segmenter()
+    assert seg.feed("Hello world") == []
+    assert seg.has_pending
+    assert seg.flush() == ["Hello world"]
+    assert seg.flush() == []
+    assert seg.num_pieces == 1
+    assert seg.limits(seg.num_pieces) == seg.limits(1)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"first_min_chars": 0},
+        {"first_min_chars": 60, "first_max_chars": 50},
+        {"min_chars": 300},
+        {"growth": 0.5},
+        {"cjk_weight": 0},
+    ],
+)
+def test_inconsistent_limits_are_rejected(options: dict[str, float]) -> None:
+    with pytest.raises(ValueError):
+        Segmenter(**options)  # type: ignore[arg-type]
+
+
+# -- properties ---------------------------------------------------------------------------------
+
+_TOKENS = st.sampled_from(
+    [
+        "Hello", "world", "a", "I", "3.5", "2024", "Mr.", "e.g.", "U.S.", "don't", "10:30", "3,000",
+        "supercalifragilisticexpialidocious", "well—maybe", "今日は", "天気", "你好世界", "AI技术",
+        ".", ",", "!", "?", "…", "...", ";", ":", "—", " - ", '"', "“", "”", "(", ")", "。", "、",
+        "！", "？", "，", "「", "」", "🙂",
+    ]
+)  # fmt: skip
+_SPACES = st.sampled_from([" ", " ", " ", "  ", "\n", "\n\n", "\t"])
+_TEXTS = st.one_of(
+    st.lists(st.one_of(_TOKENS, _SPACES), max_size=120).map("".join),
+    st.text(alphabet=st.sampled_from(list("ab 1.,!?;:—\n。、「」漢字\"')")), max_size=200),
+)
+_OPTIONS = st.sampled_from(
+    [
+        {},
+        {"first_min_chars": 2, "first_max_chars": 12, "min_chars": 10, "max_chars": 30},
+        {
+            "first_min_chars": 4,
+            "first_max_chars": 20,
+            "min_chars": 20,
+            "max_chars": 40,
+            "growth": 1.0,
+        },
+        {"first_max_chars": 40, "min_chars": 40, "max_chars": 60, "growth": 100.0, "cjk_weight": 1},
+    ]
+)
+
+
+def locate(text: str, pieces: list[str]) -> list[tuple[int, int]]:
+    """Where each piece lies in ``text``, asserting that only whitespace lies between them."""
+    spans = []
+    pos = 0
+    for piece in pieces:
+        start = text.index(piece, pos)
+        assert text[pos:start].strip() == "", (text[pos:start], piece)
+        spans.append((start, start + len(piece)))
+        pos = start + len(piece)
+    assert not any(c.isalnum() for c in text[pos:]), "only an unspeakable remainder may be dropped"
+    return spans
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=_TEXTS, options=_OPTIONS)
+def test_pieces_are_consecutive_stripped_slices_that_rebuild_the_input(
+    text: str, options: dict[str, float]
+) -> None:
+    pieces = segment(text, **options)
+    locate(text, pieces)
+    squeezed = "".join(text.split())
+    if any(c.isalnum() for c in text):
+        rebuilt = "".join("".join(pieces).split())
+        assert squeezed.startswith(rebuilt)
+        assert not any(c.isalnum() for c in squeezed[len(rebuilt) :])
+    for piece in pieces:
+        assert piece and piece == piece.strip()
+        assert any(c.isalnum() for c in piece), "no whitespace- or punctuation-only pieces"
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=_TEXTS, options=_OPTIONS)
+def test_no_word_is_ever_split(text: str, options: dict[str, float]) -> None:
+    pieces = segment(text, **options)
+    for _, end in locate(text, pieces)[:-1]:
+        before, after = text[end - 1], text[end]
+        assert not (
+            before.isalnum() and after.isalnum() and not wide(before) and not wide(after)
+        ), (text, end)
+        if not any(wide(c) for c in text):
+            assert after.isspace(), (text, end)
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=_TEXTS, options=_OPTIONS)
+def test_pieces_respect_their_length_limit_unless_one_word_alone_is_longer(
+    text: str, options: dict[str, float]
+) -> None:
+    seg = Segmenter(**options)  # type: ignore[arg-type]
+    pieces = segment(text, **options)
+    for index, piece in enumerate(pieces):
+        limit, _ = seg.limits(index)
+        # Punctuation after the last letter may ride along (it cannot be a piece of its own).
+        core = piece[: max(i for i, c in enumerate(piece) if c.isalnum()) + 1]
+        if text_units(core, cjk_weight=seg.cjk_weight) <= limit:
+            continue
+        # Over the limit: there was no word boundary to cut at within it.
+        for p in range(1, len(core)):
+            if text_units(core[:p], cjk_weight=seg.cjk_weight) > limit:
+                break
+            if not any(c.isalnum() for c in core[:p]):
+                continue
+            a, b = core[p - 1], core[p]
+            assert not (b.isspace() and not a.isspace()), (piece, limit, p)
+            assert not (wide(a) and a.isalnum() and wide(b) and b.isalnum()), (piece, limit, p)
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data(), text=_TEXTS, options=_OPTIONS)
+def test_any_fragmentation_of_the_same_text_gives_the_same_pieces(
+    data: st.DataObject, text: str, options: dict[str, float]
+) -> None:
+    cuts = data.draw(st.lists(st.integers(0, len(text)), max_size=30))
+    assert segment(text, fragment(text, cuts), **options) == segment(text, **options)
+
+
+@settings(max_examples=100, deadline=None)
+@given(text=_TEXTS)
+def test_feeding_character_by_character_gives_the_same_pieces(text: str) -> None:
+    assert segment(text, list(text)) == segment(text)
