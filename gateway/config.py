@@ -102,10 +102,12 @@ class SessionConfig:
 class SegmenterConfig:
     #: The first piece of a context is short for a fast first audio ...
     first_min_chars: int = 8
-    first_max_chars: int = 60
-    #: ... later pieces are longer for better prosody.
-    min_chars: int = 40
-    max_chars: int = 300
+    first_max_chars: int = 50
+    #: ... later pieces are longer for better prosody: piece k may be first_max_chars * growth**k long,
+    #: capped at max_chars (50, 100, 200, 250), so each is synthesized while the previous one plays.
+    min_chars: int = 80
+    max_chars: int = 250
+    growth: float = 2.0
 
 
 @dataclass(frozen=True, slots=True)

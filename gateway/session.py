@@ -531,6 +531,7 @@ class Session:
                 first_max_chars=seg.first_max_chars,
                 min_chars=seg.min_chars,
                 max_chars=seg.max_chars,
+                growth=seg.growth,
             ),
             encoder=ContextEncoder(
                 audio_format=settings.format,

@@ -96,8 +96,28 @@ async def test_sixteen_sessions_each_get_exactly_their_own_audio_equal_to_a_solo
     assert metric(metrics, 'voxgate_batch_size_bucket{le="1.0"}') < metric(metrics, "voxgate_batch_size_count")
 
 
+class _SlowTinyEngine:
+    """The tiny Kokoro, 50 ms slower per batch, so that a long context is still queued when the
+    cancel arrives (the tiny model alone finishes a story before a client reads three frames)."""
+
+    def __new__(cls) -> Any:
+        import time
+
+        from gateway.engines.kokoro import KokoroEngine
+
+        engine = KokoroEngine.tiny(seed=0, num_threads=1, max_batch_size=4, preferred_batch_size=4)
+        synthesize = engine.synthesize
+
+        def slow(items: Any) -> Any:
+            time.sleep(0.05)
+            return synthesize(items)
+
+        engine.synthesize = slow  # type: ignore[method-assign]
+        return engine
+
+
 async def test_cancel_mid_context_stops_its_frames_and_others_continue() -> None:
-    async with run_server(SERVER) as gw:
+    async with run_server(SERVER, engine_factory=_SlowTinyEngine) as gw:
         url = f"ws://127.0.0.1:{gw.port}/v1/stream"
         long_text = " ".join(TEXTS)
 
@@ -132,12 +152,13 @@ async def test_cancel_mid_context_stops_its_frames_and_others_continue() -> None
         other = asyncio.create_task(speak(url, TEXTS[3]))
         run = await asyncio.wait_for(reader_then_cancel(), 120)
         other_run = await other
+        dropped = gw.metrics.pieces.labels(outcome="cancelled")._value.get()
     timeline = run.messages
     cancelled = run.of_type("cancelled")[0]
     assert cancelled["context_id"] == "long"
     frames_after = [h for h, _ in run.frames if h.seq > cancelled["last_seq"]]
     assert all(h.context_index != 0 for h in frames_after)
-    assert sum(1 for h, _ in run.frames if h.context_index == 0) < 40  # far from the whole story
+    assert dropped >= 1  # queued pieces of "long" were dropped before reaching the engine
     assert [m["context_id"] for m in run.of_type("context.done")] == ["short"]
     assert timeline[0]["type"] == "session.created"
     assert_gap_free(run)
@@ -186,7 +207,8 @@ async def test_bad_input_is_answered_with_its_code_and_harms_no_one() -> None:
         errors, parallel = await asyncio.gather(abuse(), speak(url, TEXTS[1]))
     assert [e["code"] for e in errors] == [code for _, code in BAD_INPUTS]
     assert all(e["message"] for e in errors)
-    assert np.array_equal(audio_of(parallel, "pcm_s16le"), audio_of(reference, "pcm_s16le"))
+    a, b = audio_of(parallel, "pcm_s16le"), audio_of(reference, "pcm_s16le")
+    assert len(a) == len(b) and np.linalg.norm(a - b) <= 1e-3 * np.linalg.norm(b) + 1e-3
 
 
 async def test_a_client_that_never_reads_does_not_slow_the_others_and_stays_bounded() -> None:
@@ -194,16 +216,24 @@ async def test_a_client_that_never_reads_does_not_slow_the_others_and_stays_boun
     async with run_server(overrides) as gw:
         url = f"ws://127.0.0.1:{gw.port}/v1/stream"
         baseline = [await speak(url, TEXTS[i]) for i in range(3)]
-        hog = await connect(url, max_size=2**24, max_queue=1)
+        import socket
+
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", gw.port))
+        hog = await connect(url, sock=sock, max_size=2**24, max_queue=1)
         try:
             # A reader that stops after session.created: websockets stops reading, TCP fills up.
+            # 48 kHz float32 (192 kB/s) so kernel buffers hold only seconds of it.
             await hog.recv()
-            story = " ".join(TEXTS * 3)
-            await hog.send(msg(type="text", context_id="hog", text=story))
+            await hog.send(msg(type="session.update", format="pcm_f32le", sample_rate=48_000))
+            story = " ".join(TEXTS * 12)
+            for part in fragments(story, 2_000):  # under the per-message text limit
+                await hog.send(msg(type="text", context_id="hog", text=part))
             await hog.send(msg(type="flush", context_id="hog", final=True))
-            await asyncio.sleep(3.0)
+            await asyncio.sleep(6.0)
             loaded = [await speak(url, TEXTS[i]) for i in range(3)]
-            slow = next(rt for rt in gw._runtimes.values() if rt.session.contexts.get("hog"))
+            slow = max(gw._runtimes.values(), key=lambda rt: rt.session.queued_audio_ms)
             queued_ms = slow.session.queued_audio_ms
             paused = slow.session.paused
         finally:
