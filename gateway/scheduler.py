@@ -81,6 +81,8 @@ class Piece:
     start_deadline: float | None = None
     payload: Any = None
     seed: int | None = None
+    #: The text behind the phonemes (for text-reading engines; never logged).
+    text: str = ""
     piece_id: int = -1
     status: PieceStatus = PieceStatus.QUEUED
 

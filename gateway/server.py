@@ -509,6 +509,7 @@ class Gateway:
                     is_first=request.is_first and index == 0,
                     start_deadline=None if ttl is None else request.created_at + ttl / 1000,
                     payload=(rt, request, index, part),
+                    text=part.text,
                 )
             )
         self._update_queue_depth()
@@ -541,7 +542,10 @@ class Gateway:
         loop = asyncio.get_running_loop()
         self._update_queue_depth()
         self.metrics.batch_size.observe(len(batch.pieces))
-        items = [SynthesisItem(phonemes=p.phonemes, voice=p.voice, speed=p.speed, seed=p.seed) for p in batch.pieces]
+        items = [
+            SynthesisItem(phonemes=p.phonemes, voice=p.voice, speed=p.speed, seed=p.seed, text=p.text)
+            for p in batch.pieces
+        ]
         started = time.perf_counter()
         try:
             outcome: list[Any] = await asyncio.wrap_future(self.worker.submit(items))

@@ -54,6 +54,9 @@ class SynthesisItem:
     voice: str
     speed: float = 1.0
     seed: int | None = None
+    #: The graphemes the phonemes came from, for engines that read text (RealtimeTTS); phoneme
+    #: engines ignore it, and it is not part of ``default_seed``.
+    text: str = ""
 
     def effective_seed(self) -> int:
         if self.seed is not None:

@@ -1,0 +1,258 @@
+"""NPC voices: the viseme table and track (pure), then the hook and the stdio bridge on a real server."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import subprocess
+import sys
+import wave
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+import pytest
+import pytest_asyncio
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gateway.alignment import piece_alignment
+from gateway.integrations.npc import (
+    PHONEME_VISEMES,
+    VISEMES,
+    NpcEvent,
+    NpcHook,
+    Viseme,
+    VisemeTrack,
+    phonemes_to_visemes,
+    serve_bridge,
+)
+from gateway.text.g2p import load_vocab
+from tests.utils import run_server
+
+REPO = Path(__file__).resolve().parent.parent
+LONG_LINE = (
+    "Halt! Who goes there? State your name and your business in the city, traveller, "
+    "or turn back now. The gates close at sundown, and nobody passes after dark without a writ."
+)
+
+
+def assert_contiguous(visemes: list[Viseme], audio_ms: float) -> None:
+    assert visemes, "no visemes"
+    assert visemes[0].start_ms == 0.0
+    for a, b in zip(visemes, visemes[1:]):
+        assert a.end_ms == b.start_ms, (a, b)
+    assert all(v.start_ms < v.end_ms for v in visemes)
+    assert visemes[-1].end_ms == pytest.approx(audio_ms, abs=0.1)
+    assert {v.viseme for v in visemes} <= set(VISEMES)
+
+
+# --- the table and the track --------------------------------------------------------------------
+
+
+def test_every_symbol_of_kokoros_vocabulary_has_a_viseme_or_a_documented_role() -> None:
+    missing = sorted(ch for ch in load_vocab() if ch != " " and ch not in PHONEME_VISEMES)
+    assert missing == []
+    for mapped in PHONEME_VISEMES.values():
+        assert mapped is None or set(mapped) <= set(VISEMES)
+
+
+def test_h_and_stress_take_the_next_sounds_viseme_and_diphthongs_split_in_two() -> None:
+    phonemes = [("h", 0, 50), ("ˈ", 50, 60), ("I", 60, 160), (" ", 160, 170), ("m", 170, 220)]
+    visemes = phonemes_to_visemes([{"phoneme": p, "start_ms": s, "end_ms": e} for p, s, e in phonemes])
+    assert [(v.viseme, v.start_ms, v.end_ms) for v in visemes] == [
+        ("aa", 0.0, 110.0), ("ih", 110.0, 170.0), ("PP", 170.0, 220.0)
+    ]
+
+
+def test_a_long_space_is_a_pause_and_a_short_one_is_not() -> None:
+    def visemes_for(space_ms: float) -> list[str]:
+        timings = [("m", 0, 50), (" ", 50, 50 + space_ms), ("p", 50 + space_ms, 100 + space_ms)]
+        return [v.viseme for v in phonemes_to_visemes([{"phoneme": p, "start_ms": s, "end_ms": e} for p, s, e in timings])]
+
+    assert visemes_for(20) == ["PP"]
+    assert visemes_for(120) == ["PP", "sil", "PP"]
+
+
+_vocab = sorted(load_vocab())
+
+
+@given(
+    pieces=st.lists(
+        st.tuples(st.text(alphabet=_vocab, min_size=1, max_size=30), st.lists(st.integers(0, 6), min_size=32, max_size=32)),
+        min_size=1,
+        max_size=4,
+    )
+)
+@settings(max_examples=150, deadline=None)
+def test_visemes_of_any_pieces_are_ordered_contiguous_and_cover_the_audio(pieces: list[tuple[str, list[int]]]) -> None:
+    track = VisemeTrack()
+    visemes: list[Viseme] = []
+    offset_ms = 0.0
+    for phonemes, frames in pieces:
+        durations = np.array(frames[: len(phonemes) + 2])
+        _, timings = piece_alignment([], phonemes, durations, offset_ms)
+        visemes += track.feed(timings)
+        offset_ms += 25.0 * durations.sum()
+    visemes += track.finish(offset_ms)
+    if offset_ms == 0:
+        assert visemes == []
+    else:
+        assert_contiguous(visemes, offset_ms)
+
+
+# --- the hook on a real server --------------------------------------------------------------------
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def server_url() -> AsyncIterator[str]:
+    overrides = {"session.max_messages_per_s": 0, "session.max_chars_per_s": 0}
+    async with run_server(overrides) as gateway:
+        yield f"ws://127.0.0.1:{gateway.port}"
+
+
+async def connect(url: str) -> Any:
+    from gateway.client import VoxgateClient
+
+    client = VoxgateClient(url, alignment=True)
+    await client.connect()
+    return client
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_say_returns_as_soon_as_audio_started_and_visemes_cover_the_line(server_url: str) -> None:
+    client = await connect(server_url)
+    try:
+        events: list[NpcEvent] = []
+        hook = NpcHook(client, on_event=events.append, keep_audio=True)
+        hook.configure("guard", voice="jm_kumo", speed=1.1)
+        await hook.say("guard", "Warm up.")  # loads the English G2P on a fresh server
+        await hook.wait_idle()
+        events.clear()
+        handle = await hook.say("guard", LONG_LINE)
+        assert handle.started and not handle.done()  # the rest of the line is still coming
+        assert await handle.wait() == "done"
+        kinds = [e.kind for e in events]
+        assert kinds[0] == "started" and kinds.index("done") == len(kinds) - 1
+        assert_contiguous(handle.visemes, handle.audio_ms)
+        assert handle.audio_ms == pytest.approx(len(handle.samples()) / handle.sample_rate * 1000, abs=25)
+        words = [w["word"] for w in handle.words]
+        assert words[:4] == ["Halt", "Who", "goes", "there"]
+        starts = [w["start_ms"] for w in handle.words]
+        assert starts == sorted(starts) and handle.words[-1]["end_ms"] <= handle.audio_ms
+        assert handle.speech.context_id.startswith("guard-")
+    finally:
+        await client.close()
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_a_new_line_for_the_same_npc_interrupts_the_current_one_and_no_more_of_its_audio_comes(server_url: str) -> None:
+    client = await connect(server_url)
+    try:
+        log: list[NpcEvent] = []
+        hook = NpcHook(client, on_event=log.append, stream_audio=True)
+        first = await hook.say("guard", LONG_LINE)
+        other = await hook.say("merchant", "Fresh apples, two coins a basket!")
+        second = await hook.say("guard", "Never mind.")
+        assert first.done() and first.outcome == "interrupted"
+        assert await second.wait() == "done" and await other.wait() == "done"
+        first_events = [e for e in log if e.line_id == first.line_id]
+        assert first_events[-1].kind == "interrupted" and first_events[-1].data["by"] == "new_line"
+        cut = log.index(first_events[-1])
+        assert not [e for e in log[cut:] if e.line_id == first.line_id and e.kind == "audio"]
+        # The interrupted line reported its end before the new line said anything.
+        assert cut < next(i for i, e in enumerate(log) if e.line_id == second.line_id)
+        assert [e.kind for e in log if e.line_id == other.line_id][-1] == "done"  # another NPC is not cut
+        assert await hook.interrupt("guard") is False  # nothing left to cut
+    finally:
+        await client.close()
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_interrupt_cuts_the_line_and_its_event_stream_ends_with_interrupted(server_url: str) -> None:
+    client = await connect(server_url)
+    try:
+        hook = NpcHook(client)
+        handle = await hook.say("guard", LONG_LINE)
+        assert await hook.interrupt("guard") is True
+        kinds = [event.kind async for event in handle]
+        assert kinds[0] == "started" and kinds[-1] == "interrupted" and "done" not in kinds
+    finally:
+        await client.close()
+
+
+# --- the stdio bridge -------------------------------------------------------------------------------
+
+
+async def commands(*lines: Any, pause: float = 0.0) -> AsyncIterator[str]:
+    for line in lines:
+        yield line if isinstance(line, str) else orjson.dumps(line).decode()
+        await asyncio.sleep(pause)
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_the_stdio_bridge_speaks_interrupts_and_reports_in_json_lines(server_url: str) -> None:
+    client = await connect(server_url)
+    events: list[dict[str, Any]] = []
+    try:
+        script = commands(
+            {"cmd": "configure", "npc": "guard", "voice": "jm_kumo", "speed": 1.2},
+            {"cmd": "configure", "npc": "guard", "voice": "nobody"},
+            {"cmd": "say", "npc": "guard", "line": LONG_LINE, "id": "g1"},
+            {"cmd": "say", "npc": "merchant", "line": "Apples!", "id": "m1"},
+            "not json",
+            {"cmd": "dance", "npc": "guard"},
+            {"cmd": "interrupt", "npc": "guard"},
+            {"cmd": "say", "npc": "guard", "line": "Move along.", "id": "g2"},
+            pause=0.05,
+        )
+        await asyncio.wait_for(serve_bridge(client, script, events.append, audio="stream"), 60)
+    finally:
+        await client.close()
+    orjson.dumps(events)  # every event is plain JSON
+    assert events[0]["event"] == "ready" and "jm_kumo" in events[0]["voices"] and events[-1]["event"] == "bye"
+    assert events[1] == {"event": "configured", "npc": "guard", "voice": "jm_kumo", "speed": 1.2, "lang": None}
+    assert [e["code"] for e in events if e["event"] == "error"] == ["bad_field", "bad_command", "bad_command"]
+    by_line: dict[str, list[dict[str, Any]]] = {}
+    for e in events:
+        if e.get("line_id"):
+            by_line.setdefault(e["line_id"], []).append(e)
+    g1 = [e["event"] for e in by_line["g1"]]
+    assert g1[-1] == "interrupted" and "done" not in g1
+    for line_id in ("m1", "g2"):
+        kinds = [e["event"] for e in by_line[line_id]]
+        assert kinds[0] == "started" and kinds[-1] == "done"
+        pcm = b"".join(base64.b64decode(e["pcm_s16le"]) for e in by_line[line_id] if e["event"] == "audio")
+        done = by_line[line_id][-1]
+        assert len(pcm) // 2 == pytest.approx(done["audio_ms"] * 24, abs=24 * 25)
+        visemes = [Viseme(e["viseme"], e["start_ms"], e["end_ms"]) for e in by_line[line_id] if e["event"] == "viseme"]
+        assert_contiguous(visemes, done["audio_ms"])
+        assert all(VISEMES[e["index"]] == e["viseme"] for e in by_line[line_id] if e["event"] == "viseme")
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_the_bridge_runs_as_a_subprocess_and_writes_one_wav_per_line(server_url: str, tmp_path: Path) -> None:
+    script = b"".join(
+        orjson.dumps(c) + b"\n"
+        for c in [
+            {"cmd": "configure", "npc": "innkeeper", "voice": "af_heart"},
+            {"cmd": "say", "npc": "innkeeper", "line": "Welcome, friend. A room is five silver.", "id": "inn-1"},
+        ]
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway.integrations.npc", "--url", server_url, "--audio", "wav", "--wav-dir", str(tmp_path),
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=str(tmp_path),
+    )
+    stdout, stderr = await asyncio.wait_for(proc.communicate(script), 60)
+    assert proc.returncode == 0, stderr.decode()
+    events = [orjson.loads(line) for line in stdout.splitlines()]  # stdout holds nothing but events
+    kinds = [e["event"] for e in events]
+    assert kinds[0] == "ready" and kinds[-1] == "bye" and "audio" not in kinds
+    done = next(e for e in events if e["event"] == "done")
+    with wave.open(done["wav"]) as wav:
+        assert wav.getframerate() == 24_000
+        assert wav.getnframes() / 24 == pytest.approx(done["audio_ms"], abs=25)
