@@ -8,7 +8,6 @@ espeak-ng, portaudio19-dev and ffmpeg; without them it is skipped with the reaso
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import importlib.util
 import queue
 import re
@@ -34,12 +33,8 @@ from gateway.engines.realtimetts import (
 from tests.utils import run_server
 
 
-
-def item(text: str, phonemes: str, voice: str = "default", speed: float = 1.0) -> Any:
-    """A ``SynthesisItem`` carrying its text (a stand-in with the same fields until it has one)."""
-    if HAS_TEXT_FIELD:
-        return SynthesisItem(phonemes=phonemes, voice=voice, speed=speed, text=text)  # type: ignore[call-arg]
-    return SimpleNamespace(phonemes=phonemes, voice=voice, speed=speed, seed=None, text=text)
+def item(text: str, phonemes: str, voice: str = "default", speed: float = 1.0) -> SynthesisItem:
+    return SynthesisItem(phonemes=phonemes, voice=voice, speed=speed, text=text)
 
 
 # --- durations and sample formats -----------------------------------------------------------------
