@@ -114,17 +114,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         from gateway.server import run
 
         return run(config)
-    if args.command == "voices":
-        from gateway.client import list_voices
+    if args.command in ("voices", "say"):
+        from gateway.client import VoxgateClientError, VoxgateConnectionError, list_voices, say_to_wav
 
-        for voice in list_voices(config, url=args.url):
-            print(voice)
-        return 0
-    if args.command == "say":
-        from gateway.client import say_to_wav
-
-        say_to_wav(config, args.text, args.output, url=None if args.local else args.url, voice=args.voice, speed=args.speed, lang=args.lang)
-        print(args.output)
+        try:
+            if args.command == "voices":
+                for voice in list_voices(config, url=args.url):
+                    print(voice)
+            else:
+                url = None if args.local else args.url
+                say_to_wav(config, args.text, args.output, url=url, voice=args.voice, speed=args.speed, lang=args.lang)
+                print(args.output)
+        except (VoxgateClientError, VoxgateConnectionError) as exc:
+            print(f"voxgate: {exc}", file=sys.stderr)
+            return 1
         return 0
     if args.command == "probe":
         from gateway.engines import create_engine

@@ -33,6 +33,7 @@ __all__ = [
     "encode_audio_frame",
     "decode_audio_frame",
     "dumps",
+    "context_id_of",
 ]
 
 PROTOCOL_VERSION: Final = "v1"
@@ -242,3 +243,14 @@ _PARSERS = {
 def dumps(message: dict[str, Any]) -> str:
     """Serialize a server message for a text frame."""
     return orjson.dumps(message).decode()
+
+
+def context_id_of(raw: str | bytes) -> str | None:
+    """The ``context_id`` of a message when it parses, so that an error about a message refused
+    before parsing (too big, rate limited, shutting down) still names its context."""
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    value = data.get("context_id") if isinstance(data, dict) else None
+    return value if isinstance(value, str) and len(value) <= MAX_CONTEXT_ID_CHARS else None

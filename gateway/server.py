@@ -32,7 +32,7 @@ from gateway.engines.worker import EngineWorker, G2PWorker
 from gateway.errors import CloseCode, EngineFailed, ProtocolError, SessionRefused, VoxgateError
 from gateway.http import HttpRequest, HttpResponse, make_front_door, static_file_response
 from gateway.metrics import CONTENT_TYPE_LATEST, Metrics
-from gateway.protocol import dumps
+from gateway.protocol import context_id_of, dumps
 from gateway.scheduler import Batch, Piece, Scheduler
 from gateway.session import Context, PieceRequest, Session, SessionState
 
@@ -82,6 +82,9 @@ class LocalConnection:
         await self._to_server.put(dumps(message))
 
     def close_input(self) -> None:
+        # The client is done: a clean close, so the session ends instead of waiting for a resume.
+        if self.close_code is None:
+            self.close_code = CloseCode.NORMAL
         self._to_server.put_nowait(None)
 
     async def events(self) -> AsyncIterator[str | bytes]:
@@ -101,6 +104,8 @@ class _Runtime:
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     writer: asyncio.Task[None] | None = None
     timer: asyncio.TimerHandle | None = None
+    #: Frames replayed after a resume must leave before anything newer: the writer waits for this.
+    replay: asyncio.Task[None] | None = None
 
 
 class Gateway:
@@ -311,10 +316,16 @@ class Gateway:
                     rt.session.receive_binary(now)
                 elif len(raw) > self.config.server.max_message_bytes:
                     rt.session.send_error(
-                        ProtocolError(f"message over {self.config.server.max_message_bytes} bytes", code="message_too_big")
+                        ProtocolError(
+                            f"message over {self.config.server.max_message_bytes} bytes",
+                            code="message_too_big",
+                            context_id=context_id_of(raw),
+                        )
                     )
                 elif self._draining:
-                    rt.session.send_error(VoxgateError("server shutting down; no new text accepted", code="shutting_down"))
+                    rt.session.send_error(
+                        VoxgateError("server shutting down; no new text accepted", code="shutting_down", context_id=context_id_of(raw))
+                    )
                 else:
                     rt.session.receive_text(raw, now)
                 self._pump(rt)
@@ -344,10 +355,10 @@ class Gateway:
         if rt.timer is not None:
             rt.timer.cancel()
         rt.ws = ws
-        self._send_later(ws, {"type": "session.resumed", "session_id": session_id, "replayed": len(replay)}, replay)
+        rt.replay = self._send_later(ws, {"type": "session.resumed", "session_id": session_id, "replayed": len(replay)}, replay)
         return rt
 
-    def _send_later(self, ws: Connection, message: dict[str, Any], frames: list[bytes] | None = None) -> None:
+    def _send_later(self, ws: Connection, message: dict[str, Any], frames: list[bytes] | None = None) -> asyncio.Task[None]:
         async def send() -> None:
             with contextlib.suppress(ConnectionClosed):
                 await ws.send(dumps(message))
@@ -358,7 +369,7 @@ class Gateway:
         task = asyncio.get_running_loop().create_task(send())
         self._background.add(task)
         task.add_done_callback(self._background.discard)
-
+        return task
 
     async def _detach(self, rt: _Runtime) -> None:
         loop = asyncio.get_running_loop()
@@ -456,6 +467,9 @@ class Gateway:
         ws = rt.ws
         assert ws is not None
         try:
+            if rt.replay is not None:
+                await rt.replay
+                rt.replay = None
             while True:
                 await rt.wake.wait()
                 rt.wake.clear()

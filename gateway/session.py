@@ -40,6 +40,7 @@ from gateway.protocol import (
     FrameFlags,
     SessionUpdate,
     TextMessage,
+    context_id_of,
     dumps,
     encode_audio_frame,
     parse_client_message,
@@ -225,7 +226,11 @@ class Session:
         self._require_open()
         self.last_activity = now
         try:
-            self._check_rate("messages", 1, now)
+            try:
+                self._check_rate("messages", 1, now)
+            except LimitExceeded as exc:
+                exc.context_id = context_id_of(raw)
+                raise
             message = parse_client_message(raw)
             self._apply(message, now)
         except VoxgateError as exc:

@@ -137,8 +137,8 @@ async def test_a_client_that_reconnects_with_its_session_id_gets_missed_frames_a
                 seqs.append(decode_audio_frame(raw)[0].seq)
             elif orjson.loads(raw)["type"] == "context.done":
                 break
-        await ws.close()
-        await asyncio.sleep(0.2)
+        ws.transport.abort()  # a lost connection, not a clean close (which ends the session)
+        await asyncio.sleep(0.3)
         seen = seqs[len(seqs) // 2]  # pretend the tail was lost in transit
         async with connect(f"{url}?session_id={session_id}&last_seq={seen}") as again:
             resumed = orjson.loads(await again.recv())
@@ -199,3 +199,12 @@ def test_sigterm_finishes_in_flight_contexts_tells_clients_and_exits_0(tmp_path:
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+async def test_a_clean_close_ends_the_session_without_waiting_for_a_resume() -> None:
+    async with run_server(FAST) as gw:
+        url = f"ws://127.0.0.1:{gw.port}/v1/stream"
+        async with connect(url) as ws:
+            session_id = orjson.loads(await ws.recv())["session_id"]
+        await asyncio.sleep(0.2)
+        assert session_id not in gw._runtimes

@@ -1,0 +1,203 @@
+"""The OpenAI-compatible endpoint, through the ``openai`` SDK and plain HTTP, on the real server."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import struct
+import urllib.error
+import urllib.request
+import wave
+from collections.abc import AsyncIterator
+from typing import Any
+
+import numpy as np
+import orjson
+import pytest
+import pytest_asyncio
+
+from gateway.client import VoxgateClient
+from gateway.openai_api import resolve_voice, streaming_wav_header
+from tests.utils import run_server
+
+openai = pytest.importorskip("openai")
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+TEXT = "Hello there! How are you doing today?"
+MAX_CHARS = 200
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def port() -> AsyncIterator[int]:
+    async with run_server({"session.max_text_chars_per_context": MAX_CHARS}) as gw:
+        yield gw.port
+
+
+def sdk(port: int, api_key: str = "x") -> Any:
+    return openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=api_key, max_retries=0, timeout=60)
+
+
+def post(port: int, body: Any, path: str = "/v1/audio/speech") -> tuple[int, dict[str, str], bytes]:
+    data = body if isinstance(body, bytes) else orjson.dumps(body)
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data, method="POST")
+    request.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), exc.read()
+
+
+def http_get(port: int, path: str) -> bytes:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as response:
+        return response.read()
+
+
+async def websocket_pcm(port: int, text: str, **speak: Any) -> bytes:
+    """The same text through a WebSocket session: the reference audio, as 16-bit PCM bytes."""
+    async with VoxgateClient(f"ws://127.0.0.1:{port}/v1/stream") as client:
+        return b"".join([chunk.data async for chunk in client.speak(text, **speak)])
+
+
+def pcm_to_float(pcm: bytes) -> np.ndarray:
+    return np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32_767.0
+
+
+def assert_same_audio(actual: bytes, expected: bytes) -> None:
+    """Same length, close samples (a piece batched with others is not bit-identical)."""
+    a, b = pcm_to_float(actual), pcm_to_float(expected)
+    assert len(a) == len(b) > 0
+    assert np.linalg.norm(a - b) <= 0.2 * np.linalg.norm(b)
+
+
+async def test_openai_sdk_gets_a_valid_wav_as_long_as_the_audio_of_the_same_text(port: int) -> None:
+    def create() -> bytes:
+        return sdk(port).audio.speech.create(model="tts-1", voice="alloy", input=TEXT, response_format="wav").content
+
+    body = await asyncio.to_thread(create)
+    reference = await websocket_pcm(port, TEXT)
+
+    assert body[:44] == streaming_wav_header(24_000)
+    riff, riff_size, wave_id, fmt_id, _, pcm_tag, channels, rate, _, _, bits, data_id, data_size = struct.unpack(
+        "<4sI4s4sIHHIIHH4sI", body[:44]
+    )
+    assert (riff, wave_id, fmt_id, data_id) == (b"RIFF", b"WAVE", b"fmt ", b"data")
+    assert (pcm_tag, channels, rate, bits) == (1, 1, 24_000, 16)
+    assert riff_size == data_size == 0xFFFF_FFFF  # streamed: length unknown when the header left
+    with wave.open(io.BytesIO(body)) as wav:  # the stdlib reader takes it, up to the end of the data
+        assert (wav.getnchannels(), wav.getsampwidth(), wav.getframerate()) == (1, 2, 24_000)
+        frames = wav.readframes(10**9)
+    assert frames == body[44:]
+    assert_same_audio(frames, reference)
+
+
+async def test_openai_sdk_streaming_response_gives_the_same_audio_in_several_chunks(port: int) -> None:
+    def stream() -> tuple[list[bytes], str]:
+        with sdk(port).audio.speech.with_streaming_response.create(
+            model="tts-1-hd", voice="nova", input=TEXT, response_format="pcm"
+        ) as response:
+            return list(response.iter_bytes(4_800)), response.headers["content-type"]
+
+    chunks, content_type = await asyncio.to_thread(stream)
+    reference = await websocket_pcm(port, TEXT)
+
+    assert content_type == "audio/pcm"
+    assert len(chunks) > 1
+    assert_same_audio(b"".join(chunks), reference)
+
+
+async def test_engine_voices_and_speed_go_through_and_speed_is_clamped_to_the_engine_range(port: int) -> None:
+    async with VoxgateClient(f"ws://127.0.0.1:{port}/v1/stream") as client:
+        voices = client.voices
+    voice = voices[-1]
+    status, headers, body = await asyncio.to_thread(
+        post, port, {"model": "kokoro", "input": TEXT, "voice": voice, "speed": 4.0, "response_format": "pcm"}
+    )
+    reference = await websocket_pcm(port, TEXT, voice=voice, speed=2.0)
+
+    assert status == 200 and headers["Content-Type"] == "audio/pcm"
+    assert_same_audio(body, reference)
+
+
+def test_openai_voice_names_map_to_a_matching_engine_voice_or_the_default() -> None:
+    voices = ["af_heart", "af_nova", "am_onyx"]
+    assert resolve_voice("nova", voices) == "af_nova"
+    assert resolve_voice("Onyx", voices) == "am_onyx"
+    assert resolve_voice("alloy", voices) is None  # the session's default voice
+    assert resolve_voice("af_heart", voices) == "af_heart"
+    assert resolve_voice(None, voices) is None
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"model": "tts-1", "input": TEXT, "voice": "alloy", "response_format": "mp3"}, "response_format"),
+        ({"model": "tts-1", "input": TEXT, "response_format": "opus"}, "response_format"),
+        ({"model": "tts-1", "voice": "alloy"}, "input"),
+        ({"model": "tts-1", "input": "   ", "voice": "alloy"}, "input"),
+        ({"model": "tts-1", "input": "x" * (MAX_CHARS + 1), "voice": "alloy"}, "input"),
+        ({"model": "tts-1", "input": TEXT, "voice": "alloy", "speed": 5}, "speed"),
+        ({"model": "tts-1", "input": TEXT, "voice": "alloy", "speed": "fast"}, "speed"),
+        ({"model": "tts-1", "input": TEXT, "voice": "no_such_voice"}, "voice"),
+        (b"{not json", None),
+        ([1, 2], None),
+    ],
+)
+async def test_bad_requests_get_a_400_in_openais_error_shape(port: int, body: Any, param: str | None) -> None:
+    status, headers, raw = await asyncio.to_thread(post, port, body)
+
+    assert status == 400
+    assert headers["Content-Type"] == "application/json"
+    error = orjson.loads(raw)["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["type"] == "invalid_request_error" and error["message"]
+    assert error["param"] == param
+
+
+async def test_the_sdk_raises_its_bad_request_error_for_an_unsupported_format(port: int) -> None:
+    def create() -> None:
+        sdk(port).audio.speech.create(model="tts-1", voice="alloy", input=TEXT, response_format="mp3")
+
+    with pytest.raises(openai.BadRequestError, match="response_format"):
+        await asyncio.to_thread(create)
+
+
+async def test_models_lists_one_model(port: int) -> None:
+    page = await asyncio.to_thread(lambda: sdk(port).models.list())
+
+    assert [model.id for model in page.data] == ["kokoro"]
+
+
+async def test_a_client_that_hangs_up_mid_stream_ends_its_session(port: int) -> None:
+    def hang_up() -> bytes:
+        with sdk(port).audio.speech.with_streaming_response.create(
+            model="tts-1", voice="alloy", input=TEXT * 4, response_format="pcm"
+        ) as response:
+            return next(response.iter_bytes(1_000))
+
+    assert len(await asyncio.to_thread(hang_up)) == 1_000
+    for _ in range(100):
+        metrics = await asyncio.to_thread(http_get, port, "/metrics")
+        if b"\nvoxgate_active_sessions 0.0" in metrics:
+            break
+        await asyncio.sleep(0.05)
+    else:
+        pytest.fail("the HTTP request's session is still open")
+
+
+async def test_the_bearer_token_guards_the_openai_routes() -> None:
+    async with run_server({"server.auth_token": "sesame"}) as gw:
+
+        def calls() -> tuple[bytes, type[Exception] | None]:
+            audio = sdk(gw.port, api_key="sesame").audio.speech.create(model="tts-1", voice="alloy", input="Hi.").content
+            try:
+                sdk(gw.port, api_key="wrong").audio.speech.create(model="tts-1", voice="alloy", input="Hi.")
+            except openai.AuthenticationError as exc:
+                return audio, type(exc)
+            return audio, None
+
+        audio, refused = await asyncio.to_thread(calls)
+
+    assert audio[:4] == b"RIFF" and len(audio) > 44
+    assert refused is openai.AuthenticationError
