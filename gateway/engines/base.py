@@ -68,6 +68,7 @@ class SynthesisItem:
 class SynthesisResult:
     """Audio for one item plus what alignment needs.
 
+    ``phonemes`` is what was actually spoken (characters outside the engine's vocabulary dropped);
     ``durations[i]`` is the number of 600-sample frames given to token i of ``[BOS, *phonemes, EOS]``
     (so ``len(durations) == len(phonemes) + 2``) and ``len(audio) == durations.sum() * 600``.
     """
@@ -86,7 +87,8 @@ class Engine(abc.ABC):
     """A speech synthesizer behind voxgate's scheduler.
 
     Responsibilities: turn a batch of ``SynthesisItem`` into one ``SynthesisResult`` each, in order,
-    where each result depends only on its own item (never on the batch's other items or their order).
+    where each result depends only on its own item, up to float rounding (~1e-6 relative): never on
+    the batch's other items or their order.
     Not its job: text, queues, threads, asyncio, timing decisions.
     """
 
