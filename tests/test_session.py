@@ -323,3 +323,31 @@ def test_resume_beyond_the_replay_buffer_fails() -> None:
     drain(s)
     s.detach(1.0)
     assert s.resume(0, 2.0) is None
+
+
+def test_text_over_the_per_context_limit_is_refused_while_the_context_goes_on() -> None:
+    s = make_session(max_text_chars_per_context=20)
+    drain(s)
+    send(s, type="text", context_id="c", text="twelve chars")
+    send(s, type="text", context_id="c", text="and eleven!")
+    send(s, type="text", context_id="c", text="ok.")
+    assert [o["code"] for o in messages(drain(s), "error")] == ["text_too_long"]
+    assert s.contexts["c"].text_chars == len("twelve chars") + len("ok.")
+
+
+def test_an_idle_session_is_closed_but_not_while_it_has_work() -> None:
+    s = make_session(idle_timeout_s=60)
+    drain(s)
+    assert s.next_deadline() == pytest.approx(60.0)
+    s.receive_timeout(59.0)
+    assert s.close_code is None
+    send(s, 59.0, type="text", context_id="c", text="Busy now.")
+    s.receive_timeout(200.0)  # an open context is work: no idle close
+    assert s.close_code is None
+    send(s, 200.0, type="flush", context_id="c", final=True)
+    synthesize(s, s.pieces_to_schedule(), now=200.0)
+    drain(s, 200.0)
+    s.receive_timeout(259.0)
+    assert s.close_code is None
+    s.receive_timeout(260.5)
+    assert s.close_code == 1000 and s.close_reason == "idle timeout"
