@@ -39,6 +39,13 @@ class Metrics:
         self.errors = Counter("voxgate_errors", "Errors sent to clients by code", ["code"], registry=r)
         self.sessions_refused = Counter("voxgate_sessions_refused", "Connections refused", ["reason"], registry=r)
         self.engine_ready = Gauge("voxgate_engine_ready", "1 when the engine is loaded and healthy", registry=r)
+        self.loop_lag = Histogram(
+            "voxgate_event_loop_lag_seconds",
+            "How late the event loop ran a 0.25 s timer (a blocked loop delays every session)",
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+            registry=r,
+        )
+        self.loop_lag_max = Gauge("voxgate_event_loop_lag_max_seconds", "Largest event loop lag seen", registry=r)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -126,6 +126,7 @@ class Gateway:
         self._runtimes: dict[str, _Runtime] = {}
         self._wake = asyncio.Event()
         self._scheduler_task: asyncio.Task[None] | None = None
+        self._lag_task: asyncio.Task[None] | None = None
         self._ws_server: Server | None = None
         self._draining = False
         self._voices: list[str] = []
@@ -155,6 +156,7 @@ class Gateway:
         await asyncio.wrap_future(self.g2p.preload(preload))
         self.metrics.engine_ready.set(1)
         self._scheduler_task = loop.create_task(self._scheduler_loop(), name="voxgate-scheduler")
+        self._lag_task = loop.create_task(self._watch_loop_lag(), name="voxgate-loop-lag")
         server_config = self.config.server
         self._ws_server = await serve(
             self._handle_ws,
@@ -199,10 +201,11 @@ class Gateway:
         if self._ws_server is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._ws_server.wait_closed(), timeout=5)
-        if self._scheduler_task is not None:
-            self._scheduler_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._scheduler_task
+        for task in (self._scheduler_task, self._lag_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         for rt in list(self._runtimes.values()):
             self._drop_runtime(rt)
         self.g2p.stop()
@@ -533,6 +536,21 @@ class Gateway:
     def _update_queue_depth(self) -> None:
         if self.scheduler is not None:
             self.metrics.queue_depth.set(self.scheduler.num_queued)
+
+    async def _watch_loop_lag(self, period_s: float = 0.25) -> None:
+        """Measure how late the loop wakes up: anything blocking it shows here."""
+        loop = asyncio.get_running_loop()
+        worst = 0.0
+        while True:
+            expected = loop.time() + period_s
+            await asyncio.sleep(period_s)
+            lag = max(0.0, loop.time() - expected)
+            self.metrics.loop_lag.observe(lag)
+            if lag > worst:
+                worst = lag
+                self.metrics.loop_lag_max.set(lag)
+            if lag > 1.0:
+                logger.warning("event loop ran %.2f s late", lag)
 
     async def _scheduler_loop(self) -> None:
         loop = asyncio.get_running_loop()

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from typing import Any
 
@@ -174,6 +175,8 @@ def test_sigterm_finishes_in_flight_contexts_tells_clients_and_exits_0(tmp_path:
             if "voxgate: ws://" in line:
                 port = int(line.split("ws://")[1].split("/")[0].rsplit(":", 1)[1])
         assert port is not None
+        # Keep reading its output: a full pipe would block the server's logging and its event loop.
+        threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()
 
         async def client() -> list[Any]:
             events: list[Any] = []

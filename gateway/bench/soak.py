@@ -18,10 +18,12 @@ import random
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import orjson
 from websockets.asyncio.client import connect
@@ -55,6 +57,8 @@ class SoakReport:
     audio_s: float = 0.0
     #: Unexpected problems: seq gaps, missing answers, connection failures, server exit.
     errors: list[str] = field(default_factory=list)
+    #: Largest event-loop lag the server saw (from its /metrics), seconds.
+    max_loop_lag_s: float = 0.0
     #: (seconds since start, server RSS MiB)
     rss_mib: list[tuple[float, float]] = field(default_factory=list)
     warmup_rss_mib: float = 0.0
@@ -68,7 +72,7 @@ class SoakReport:
             f"soak {self.duration_s:.0f} s, engine {self.engine}, {self.clients} client loops: "
             f"{self.sessions} sessions, {self.contexts_done} contexts done, {self.contexts_cancelled} cancelled, "
             f"{self.abrupt_disconnects} abrupt disconnects, {self.bad_inputs_answered} bad inputs answered, "
-            f"{self.audio_s:.1f} s audio; RSS after warm-up {self.warmup_rss_mib:.0f} MiB -> end {self.final_rss_mib:.0f} MiB "
+            f"{self.audio_s:.1f} s audio; max event-loop lag {self.max_loop_lag_s:.3f} s; RSS after warm-up {self.warmup_rss_mib:.0f} MiB -> end {self.final_rss_mib:.0f} MiB "
             f"({self.rss_growth_pct:+.1f} %, {'flat' if self.rss_flat else 'GROWING'}); errors: {len(self.errors)}"
         )
 
@@ -185,6 +189,7 @@ def run_soak(*, duration_s: float, engine: str, clients: int, seed: int = 0, war
             await asyncio.gather(sampler(deadline), *(_client_loop(url, rng, deadline, report) for rng in rngs))
 
         asyncio.run(main())
+        report.max_loop_lag_s = _max_loop_lag(port)
         if proc.poll() is not None:
             report.errors.append(f"server exited with {proc.returncode}")
     finally:
@@ -197,7 +202,22 @@ def run_soak(*, duration_s: float, engine: str, clients: int, seed: int = 0, war
     return report
 
 
+def _max_loop_lag(port: int) -> float:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as response:
+            for line in response.read().decode().splitlines():
+                if line.startswith("voxgate_event_loop_lag_max_seconds "):
+                    return float(line.split()[1])
+    except OSError:
+        pass
+    return -1.0
+
+
 def _wait_for_port(proc: subprocess.Popen[str]) -> int:
+    """Read the server's output until it says where it listens, then keep draining it on a thread:
+    a full pipe would block the server's logging, and with it its event loop."""
     assert proc.stdout is not None
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
@@ -205,8 +225,14 @@ def _wait_for_port(proc: subprocess.Popen[str]) -> int:
         if not line and proc.poll() is not None:
             raise RuntimeError(f"server exited with {proc.returncode} before listening")
         if "voxgate: ws://" in line:
+            threading.Thread(target=_drain, args=(proc.stdout,), daemon=True).start()
             return int(line.split("ws://")[1].split("/")[0].rsplit(":", 1)[1])
     raise RuntimeError("server did not start within 300 s")
+
+
+def _drain(stream: Any) -> None:
+    for _ in stream:
+        pass
 
 
 def _judge_rss(report: SoakReport, warmup_fraction: float) -> None:
