@@ -37,11 +37,19 @@ Definitions (per context = one turn):
 - audio-s/s: audio received by all clients / the cell's wall time (first text sent -> last frame).
 - mean batch: pieces per engine batch from the server's ``voxgate_batch_size`` histogram (warm-up
   excluded); engine busy: engine seconds / wall time.
-- peak RSS: the server process's VmRSS sampled every 50 ms during the cell (VmHWM cannot be reset,
-  so it is reported once per run as ``process_peak_rss_mib``); GPU memory: ``max_memory_allocated``
-  after ``reset_peak_memory_stats`` per cell, on CUDA only.
+- peak RSS: the server process's VmHWM over the cell, restarted at the cell's start by writing 5 to
+  ``/proc/self/clear_refs`` (after freeing the previous cell's garbage); where that write is refused
+  the peak of VmRSS sampled every 50 ms. The peak while loading the engine is reported apart
+  (``load_peak_rss_mib``). The clients' process is measured apart (``client_peak_rss_mib``). GPU
+  memory: ``max_memory_allocated`` after ``reset_peak_memory_stats`` per cell, on CUDA only.
 - sustained: no underrun and TTFA p95 under ``--ttfa-target-ms`` (300). ``--sustain-basis piece``
-  (default) judges ``ttfa_piece``, ``text`` judges TTFA from the first text; both are reported.
+  (default) judges ``ttfa_piece``, ``text`` judges TTFA from the first text; both are reported, and
+  the largest N with no underrun whatever the TTFA.
+- engine alone: before the cells, one ~120-phoneme item at batch 1 on the shared engine (best of
+  two): the ceiling the cells' audio-s/s is compared with.
+- other load: CPU cores used by other processes during a cell (``/proc/stat`` minus our own CPU
+  time). On a shared machine ``--quiet-wait-s`` waits for quiet before each cell and
+  ``--noisy-retries`` runs a cell again when another job took over 0.3 cores during it.
 - stop rule: after a cell that clearly fails (hit ``--max-seconds``, TTFA p95 over
   ``--stop-ttfa-ms``, or underrun time over a quarter of its audio), larger N are skipped for that mode.
 """
@@ -73,16 +81,16 @@ from typing import Any
 from gateway.engines.base import Engine, SynthesisItem, SynthesisResult
 
 __all__ = [
-    "main",
     "build_parser",
-    "make_utterance",
+    "main",
     "make_fragments",
-    "session_script",
-    "playback",
+    "make_utterance",
     "percentile",
-    "run_clients",
-    "run_benchmark",
+    "playback",
     "render_markdown",
+    "run_benchmark",
+    "run_clients",
+    "session_script",
 ]
 
 logger = logging.getLogger("voxgate.bench.load")
@@ -91,10 +99,13 @@ SAMPLE_RATE = 24_000
 #: Stalls shorter than this are timestamp noise, not an audible underrun.
 UNDERRUN_TOLERANCE_S = 0.001
 RSS_SAMPLE_S = 0.05
+#: Other processes' CPU load (cores) below which the machine counts as quiet for a cell.
+QUIET_CORES = 0.3
 MODES = ("batched", "serial", "locked")
 
 # Common English words: every one is in misaki's lexicon, so G2P cost and phoneme lengths are typical.
-_WORDS = """
+_WORDS = tuple(
+    """
 the a an and or but so because if when while then that this these those it its they them their we
 our you your he she his her i my me is are was were be been being have has had do does did can could
 will would should might must not no yes very really just also only even still already about after
@@ -110,7 +121,8 @@ turn move live believe hold bring begin write read learn change follow stop spea
 walk open close watch meet send build stay wait understand remember explain describe consider
 today tomorrow yesterday always never often sometimes usually maybe perhaps probably together
 first second next last every other another each many much more most some few several enough
-""".split()
+""".split()  # noqa: SIM905 - a word list reads better as text
+)
 
 _OPENERS = ["Sure", "Okay", "Well", "Alright", "So", "Right", "Of course", "Good question", "Honestly"]
 
@@ -237,7 +249,7 @@ def playback(
         if arrival > need + UNDERRUN_TOLERANCE_S:
             underruns += 1
             stall += arrival - need
-    last_arrival, last_offset, last_n = frames[-1]
+    _, last_offset, last_n = frames[-1]
     total = (last_offset + last_n) / sample_rate
     end = start + total + stall
     if not complete and until is not None and end < until:
@@ -278,10 +290,9 @@ def _first_piece_trigger(fragments: Sequence[str], offsets: Sequence[float], seg
 
 
 async def _client_session(index: int, url: str, spec: dict[str, Any], t0: float, deadline: float) -> list[dict[str, Any]]:
+    import orjson
     from websockets.asyncio.client import connect
     from websockets.exceptions import ConnectionClosed
-
-    import orjson
 
     from gateway.protocol import decode_audio_frame
 
@@ -393,7 +404,7 @@ async def run_clients(spec: dict[str, Any]) -> dict[str, Any]:
     tasks = [
         asyncio.create_task(_client_session(i, spec["url"], spec, t0, deadline)) for i in range(len(spec["scripts"]))
     ]
-    done, pending = await asyncio.wait(tasks, timeout=max(0.0, deadline - time.monotonic()))
+    _, pending = await asyncio.wait(tasks, timeout=max(0.0, deadline - time.monotonic()))
     for task in pending:
         task.cancel()
     results = await asyncio.gather(*tasks, return_exceptions=True)
@@ -496,8 +507,18 @@ def _cpu_busy_s() -> float | None:
             fields = [int(v) for v in f.readline().split()[1:]]
     except (OSError, ValueError):
         return None
-    user, nice, system, idle, iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
     return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def _reset_peak_rss() -> bool:
+    """Restart VmHWM at the current RSS (Linux >= 4.0); False where that is not allowed."""
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
+            f.write("5")
+    except OSError:
+        return False
+    return True
 
 
 def _release_garbage() -> None:
@@ -559,6 +580,7 @@ async def _run_cell(engine: _SharedEngine, config: Any, mode: ModeSpec, n: int, 
     cell_config = config.replace(overrides)
     _release_garbage()  # the previous cell's gateway (G2P, spaCy) must not count in this cell's RSS
     rss_start = _status_kib("VmRSS")
+    hwm_reset = _reset_peak_rss()
     gateway = Gateway(cell_config, engine_factory=lambda: engine)
     await gateway.start()
     try:
@@ -617,7 +639,7 @@ async def _run_cell(engine: _SharedEngine, config: Any, mode: ModeSpec, n: int, 
             import torch
 
             gpu_peak = torch.cuda.max_memory_allocated() / 2**20
-        peak_rss[0] = max(peak_rss[0], _status_kib("VmRSS"))
+        peak_rss[0] = max(peak_rss[0], _status_kib("VmRSS"), _status_kib("VmHWM") if hwm_reset else 0)
     finally:
         await gateway.stop(grace_s=0)
     cell = _summarize(clients, args)
@@ -641,6 +663,7 @@ async def _run_cell(engine: _SharedEngine, config: Any, mode: ModeSpec, n: int, 
         client_cpu_s=clients["client_cpu_s"] if args.clients == "process" else None,
         client_peak_rss_mib=clients["client_peak_rss_mib"] if args.clients == "process" else None,
         peak_rss_mib=peak_rss[0] / 1024,
+        rss_peak_method="VmHWM since cell start" if hwm_reset else "VmRSS sampled every 50 ms",
         rss_start_mib=rss_start / 1024,
         gpu_peak_mib=gpu_peak,
         # CPU used by processes other than the server and its clients, in cores, over the cell:
@@ -689,6 +712,7 @@ def _summarize(clients: dict[str, Any], args: argparse.Namespace) -> dict[str, A
     ok = not cell["truncated"] and not incomplete and not errors and underruns == 0
     cell["sustained_text"] = bool(ok and text_p95 is not None and text_p95 < args.ttfa_target_ms)
     cell["sustained_piece"] = bool(ok and piece_p95 is not None and piece_p95 < args.ttfa_target_ms)
+    cell["sustained_no_underrun"] = bool(ok and contexts)
     cell["clear_fail"] = bool(
         cell["truncated"]
         or incomplete
@@ -696,6 +720,47 @@ def _summarize(clients: dict[str, Any], args: argparse.Namespace) -> dict[str, A
         or (args.stop_ttfa_ms > 0 and (basis > args.stop_ttfa_ms or underrun_s > 0.25 * max(audio, 1e-9)))
     )
     return cell
+
+
+#: ~120 phonemes of ordinary English (misaki's symbols), ~8 s of speech: the calibration item.
+_CALIBRATION_PHONEMES = (
+    "ðə wˈɛðəɹ ɪz lˈʌvli tədˈA, ænd wi kʊd ɡˈO fɔɹ ə lˈɔŋ wˈɔk əlˈɔŋ ðə ɹˈɪvəɹ bəfˈɔɹ dˈɪnəɹ. "
+    "plˈiz hˈOld ˈɔn wˈIl I ʧˈɛk ðæt fɔɹ ju."
+)
+
+
+def _calibrate(engine: _SharedEngine, *, repeats: int = 2) -> dict[str, float] | None:
+    """The engine alone on one ~120-phoneme item (batch 1), best of ``repeats``: the yardstick for
+    the cells' audio-s/s. Runs on the calling thread, between cells, with no server running."""
+    phonemes = _CALIBRATION_PHONEMES
+    if engine.vocab:
+        phonemes = "".join(ch for ch in phonemes if ch in engine.vocab)
+    voice = engine.voices()[0]
+    best = None
+    for _ in range(repeats):
+        started = time.perf_counter()
+        result = engine.synthesize([SynthesisItem(phonemes, voice, seed=0)])[0]
+        elapsed = time.perf_counter() - started
+        audio_s = len(result.audio) / engine.sample_rate
+        if elapsed > 0 and (best is None or audio_s / elapsed > best["audio_per_s"]):
+            best = {"phonemes": len(phonemes), "audio_s": round(audio_s, 3), "seconds": round(elapsed, 3), "audio_per_s": audio_s / elapsed}
+    return best
+
+
+def _wait_for_quiet(max_wait_s: float, *, threshold_cores: float = QUIET_CORES) -> float | None:
+    """Wait (up to ``max_wait_s``) until the machine's CPU, measured over 1 s, is below
+    ``threshold_cores`` busy; we are idle between cells, so that is other processes' load.
+    Returns the last load seen (cores), None where /proc/stat is unreadable."""
+    deadline = time.monotonic() + max_wait_s
+    while True:
+        before, t0 = _cpu_busy_s(), time.monotonic()
+        time.sleep(1.0)
+        after, t1 = _cpu_busy_s(), time.monotonic()
+        if before is None or after is None:
+            return None
+        load = (after - before) / (t1 - t0)
+        if load < threshold_cores or time.monotonic() >= deadline:
+            return load
 
 
 def _load_engine(config: Any, simulate_rtf: float) -> _SharedEngine:
@@ -715,18 +780,43 @@ async def run_benchmark(args: argparse.Namespace, config: Any) -> dict[str, Any]
     # The engine is built on a thread of its own, as the server's worker does (it may load weights).
     engine = await asyncio.to_thread(_load_engine, config, args.simulate_rtf)
     load_s = time.perf_counter() - engine_loaded_at
+    load_peak_rss = _status_kib("VmHWM") / 1024
     description = engine.describe()
     gpu = "cuda" in str(description.get("device", "")) and "torch" in sys.modules
     logger.info("engine ready in %.1f s: %s", load_s, description)
+    if args.quiet_wait_s > 0:
+        await asyncio.to_thread(_wait_for_quiet, args.quiet_wait_s)
+    calibration = await asyncio.to_thread(_calibrate, engine)
+    if calibration:
+        print(f"  engine alone: {calibration['audio_per_s']:.2f} audio-s/s (batch 1, {calibration['phonemes']} phonemes)", file=sys.stderr)
     cells: list[dict[str, Any]] = []
     stopped: dict[str, int] = {}
     for n in args.session_counts:
         for mode in modes:
             if mode.label in stopped:
-                cells.append({"mode": mode.label, "sessions": n, "skipped": f"failed clearly at N={stopped[mode.label]}"})
+                cells.append({"mode": mode.label, "sessions": n, "skipped": f"failed at N={stopped[mode.label]}"})
                 continue
-            print(f"  {mode.label:>10}  N={n:<3} ...", end="", flush=True, file=sys.stderr)
-            cell = await _run_cell(engine, config, mode, n, args, gpu)
+            for attempt in range(1 + args.noisy_retries):
+                quiet = await asyncio.to_thread(_wait_for_quiet, args.quiet_wait_s) if args.quiet_wait_s > 0 else None
+                print(f"  {mode.label:>10}  N={n:<3} ...", end="", flush=True, file=sys.stderr)
+                try:
+                    cell = await _run_cell(engine, config, mode, n, args, gpu)
+                except Exception as exc:  # one broken cell must not lose the run
+                    logger.exception("cell %s N=%d failed", mode.label, n)
+                    print(f" failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+                    cell = {"mode": mode.label, "sessions": n, "skipped": f"error: {type(exc).__name__}"}
+                    break
+                noisy = (cell.get("foreign_cores") or 0.0) > QUIET_CORES
+                if noisy and attempt < args.noisy_retries:
+                    print(f" other processes used {cell['foreign_cores']:.2f} cores: again", file=sys.stderr)
+                    continue
+                cell["attempts"] = attempt + 1
+                break
+            if "skipped" in cell:
+                cells.append(cell)
+                stopped[mode.label] = n
+                continue
+            cell["load_before_cores"] = quiet
             cells.append(cell)
             print(
                 f" TTFA p95 {_fmt_ms(cell['ttfa_ms']['p95'])} (piece {_fmt_ms(cell['ttfa_piece_ms']['p95'])}),"
@@ -742,10 +832,12 @@ async def run_benchmark(args: argparse.Namespace, config: Any) -> dict[str, Any]
         "command": "voxgate bench load " + " ".join(args.argv),
         "machine": machine_info(description),
         "engine": {**{k: _jsonable(v) for k, v in description.items()}, "load_s": round(load_s, 2)},
+        "calibration": calibration,
         "settings": {
             "sessions": args.session_counts,
             "modes": [m.label for m in modes],
             "engine": config.engine.kind,
+            "voice": config.session.default_voice or engine.voices()[0],
             "words_per_second": args.words_per_second,
             "words_per_utterance": args.words_per_utterance,
             "utterances_per_session": args.utterances_per_session,
@@ -759,11 +851,13 @@ async def run_benchmark(args: argparse.Namespace, config: Any) -> dict[str, Any]
             "stop_ttfa_ms": args.stop_ttfa_ms,
             "clients": args.clients,
             "seed": args.seed,
+            "quiet_wait_s": args.quiet_wait_s,
+            "noisy_retries": args.noisy_retries,
             "simulate_rtf": args.simulate_rtf,
             "segmenter": dataclasses.asdict(config.segmenter),
             "scheduler": dataclasses.asdict(config.scheduler),
         },
-        "process_peak_rss_mib": _status_kib("VmHWM") / 1024,
+        "load_peak_rss_mib": load_peak_rss,
         "cells": cells,
         "summary": summarize_run(cells, [m.label for m in modes], args.session_counts),
     }
@@ -774,11 +868,11 @@ def summarize_run(cells: list[dict[str, Any]], modes: list[str], counts: list[in
     by = {(c["mode"], c["sessions"]): c for c in cells if "skipped" not in c}
     sustained: dict[str, dict[str, Any]] = {}
     for mode in modes:
-        for key in ("sustained", "sustained_text", "sustained_piece"):
+        for key in ("sustained", "sustained_text", "sustained_piece", "sustained_no_underrun"):
             best = 0
             for n in counts:
                 cell = by.get((mode, n))
-                if cell is None or not cell[key]:
+                if cell is None or not cell.get(key):
                     break
                 best = n
             tested = [n for n in counts if (mode, n) in by]
@@ -877,6 +971,7 @@ TABLE_COLUMNS = [
     "busy",
     "peak RSS MiB",
     "GPU MiB",
+    "other load",
     "status",
 ]
 
@@ -919,6 +1014,7 @@ def render_table(result: dict[str, Any]) -> str:
                 "-" if cell["engine_busy"] is None else f"{100 * cell['engine_busy']:.0f}%",
                 _fmt(cell["peak_rss_mib"], ".0f"),
                 _fmt(cell["gpu_peak_mib"], ".0f"),
+                _fmt(cell.get("foreign_cores"), ".2f"),
                 status,
             ]
         lines.append("| " + " | ".join(row) + " |")
@@ -932,14 +1028,15 @@ def render_summary(result: dict[str, Any]) -> str:
     lines = [
         f"Largest N sustained (no underrun, TTFA p95 < {target:.0f} ms; judged on `{basis}` TTFA, the other basis alongside):",
         "",
-        "| mode | max N (piece TTFA) | max N (text TTFA) |",
-        "|---|---|---|",
+        "| mode | max N (piece TTFA) | max N (text TTFA) | max N without underrun (any TTFA) |",
+        "|---|---|---|---|",
     ]
     for mode, entry in summary["sustained"].items():
         def show(e: dict[str, Any]) -> str:
             return (f">= {e['max_n']}" if e["all_tested_pass"] else str(e["max_n"])) if e["max_n"] else "0 (none)"
 
-        lines.append(f"| {mode} | {show(entry['sustained_piece'])} | {show(entry['sustained_text'])} |")
+        no_underrun = show(entry["sustained_no_underrun"]) if "sustained_no_underrun" in entry else "-"
+        lines.append(f"| {mode} | {show(entry['sustained_piece'])} | {show(entry['sustained_text'])} | {no_underrun} |")
     if summary["ratios"]:
         base = summary["reference_mode"]
         others = [m for m in result["settings"]["modes"] if m != base]
@@ -978,11 +1075,19 @@ def render_markdown(result: dict[str, Any], png_name: str | None) -> str:
         "",
         f"- Machine: {machine}.",
         f"- Engine: {engine}. Loaded once, shared by every cell.",
-        f"- Clients: {s['clients']}; per session {s['utterances_per_session']} turns of >= {s['words_per_utterance']} words "
-        f"at {s['words_per_second']} words/s in LLM-token fragments, next turn {s['think_seconds']} s (±50 %) after "
-        f"playback ends; sessions start over {s['ramp_seconds']} s; seed {s['seed']}; frames {s['frame_ms']} ms; "
-        f"jitter buffer {s['jitter_buffer_ms']} ms; at most {s['max_seconds']} s per cell.",
-        f"- Process peak RSS (VmHWM, whole run): {result['process_peak_rss_mib']:.0f} MiB.",
+        (
+            f"- Engine alone (batch 1, {result['calibration']['phonemes']} phonemes, {result['calibration']['audio_s']} s of audio): "
+            f"{result['calibration']['audio_per_s']:.2f} audio-s/s, the ceiling for the cells' audio-s/s."
+            if result.get("calibration")
+            else "- Engine alone: not measured."
+        ),
+        (
+            f"- Clients: {s['clients']}; voice {s.get('voice', '-')}; per session {s['utterances_per_session']} turns of >= {s['words_per_utterance']} words "
+            f"at {s['words_per_second']} words/s in LLM-token fragments, next turn {s['think_seconds']} s (±50 %) after "
+            f"playback ends; sessions start over {s['ramp_seconds']} s; seed {s['seed']}; frames {s['frame_ms']} ms; "
+            f"jitter buffer {s['jitter_buffer_ms']} ms; at most {s['max_seconds']} s per cell."
+        ),
+        f"- Peak RSS while loading the engine: {result['load_peak_rss_mib']:.0f} MiB (the table's is per cell).",
     ]
     if s["simulate_rtf"]:
         parts.append(f"- **Simulated engine speed**: every batch stretched to {s['simulate_rtf']} x its audio seconds.")
@@ -990,10 +1095,14 @@ def render_markdown(result: dict[str, Any], png_name: str | None) -> str:
     if png_name:
         parts += [f"![TTFA p95 and audio-s/s against N]({png_name})", ""]
     parts += [
-        "Columns: TTFA = first text sent -> first audio frame (p50/p95/p99 over all turns); piece = from when the "
-        "text held the server's first speakable piece; underruns / underrun s = playhead stalls and their total "
-        "length; audio-s/s = audio received by all clients / cell wall time; mean batch = pieces per engine batch; "
-        "busy = engine time / wall time; peak RSS = sampled server VmRSS during the cell.",
+        (
+            "Columns: TTFA = first text sent -> first audio frame (p50/p95/p99 over all turns); piece = from when the "
+            "text held the server's first speakable piece; underruns / underrun s = playhead stalls and their total "
+            "length; audio-s/s = audio received by all clients / cell wall time; mean batch = pieces per engine batch; "
+            "busy = engine time / wall time; peak RSS = the server process's peak during the cell; other load = "
+            "CPU cores used by other processes on the machine during the cell (anything well above 0 makes that "
+            "cell's timings suspect)."
+        ),
         "",
     ]
     return "\n".join(parts)
@@ -1006,6 +1115,7 @@ def plot(result: dict[str, Any], path: Path) -> bool:
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        import matplotlib.ticker
     except ImportError:
         logger.warning("matplotlib not installed: no plot (pip install matplotlib)")
         return False
@@ -1024,6 +1134,8 @@ def plot(result: dict[str, Any], path: Path) -> bool:
     axes[0].set(title="TTFA p95 (solid: from first text; dashed: from first piece)", xlabel="sessions N", ylabel="ms")
     if any((c["ttfa_ms"]["p95"] or 0) > 0 for c in cells):
         axes[0].set_yscale("log")
+        axes[0].yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        axes[0].yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     axes[1].set(title="aggregate audio-seconds per second", xlabel="sessions N", ylabel="audio-s/s")
     axes[2].set(title="total underrun time", xlabel="sessions N", ylabel="s")
     counts = sorted({c["sessions"] for c in cells}) or [1]
@@ -1091,8 +1203,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stop-ttfa-ms", type=float, default=3000.0, help="clear failure: TTFA p95 above this (or underrun time over 25%% of the audio) skips larger N for the mode; 0: only a cell hitting --max-seconds stops a mode (default 3000)")
     p.add_argument("--clients", choices=["process", "inproc"], default="process", help="clients in a child process (default) or on the server's loop")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--noisy-retries", type=int, default=0, help="run a cell again (up to this many times) when other processes used over 0.3 cores during it (default 0)")
+    p.add_argument("--quiet-wait-s", type=float, default=0.0, help="before each cell wait up to this long for other processes' CPU load to drop below 0.3 cores (shared machines; default 0: do not wait)")
     p.add_argument("--simulate-rtf", type=float, default=0.0, help=argparse.SUPPRESS)
     p.add_argument("--out", default="benchmarks/results", help="output folder (default benchmarks/results)")
+    p.add_argument("--render", metavar="JSON", help="only rewrite the .md and .png of an earlier run's .json (into --out)")
     p.add_argument("--client-worker", action="store_true", help=argparse.SUPPRESS)
     return p
 
@@ -1124,6 +1239,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.client_worker:
         return _client_worker()
+    if args.render:
+        result = json.loads(Path(args.render).read_text())
+        for cell in result["cells"]:  # runs recorded before this verdict existed
+            if "skipped" not in cell and "sustained_no_underrun" not in cell:
+                cell["sustained_no_underrun"] = bool(
+                    cell["contexts"] and not cell["truncated"] and not cell["incomplete"] and not cell["errors"] and not cell["underruns"]
+                )
+        result["summary"] = summarize_run(result["cells"], result["settings"]["modes"], result["settings"]["sessions"])
+        paths = write_results(result, Path(args.out))
+        print("\n".join(f"{kind}: {path}" for kind, path in paths.items()))
+        return 0
     args.argv = argv
     try:
         args.mode_specs = parse_modes(args.modes, args.batch_limit)
