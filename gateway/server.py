@@ -41,6 +41,8 @@ __all__ = ["Gateway", "LocalConnection", "run", "STREAM_PATH"]
 logger = logging.getLogger("voxgate.server")
 
 STREAM_PATH = "/v1/stream"
+#: Kokoro speaks ~12-14 phonemes per second at speed 1: an estimate for playback deadlines.
+SECONDS_PER_PHONEME = 0.075
 
 
 class LocalConnection:
@@ -514,6 +516,12 @@ class Gateway:
         rt.session.set_parts(request, len(parts), now)
         ttl = context.ttl_ms
         for index, part in enumerate(parts):
+            first = request.is_first and index == 0
+            # Due when the audio before it will have played: playback starts at the first frame
+            # (or, before that, not earlier than now); a context's first piece is due at once.
+            playback_start = context.first_frame_at if context.first_frame_at is not None else now
+            deadline = now if first else playback_start + context.estimated_audio_s
+            context.estimated_audio_s += len(part.phonemes) * SECONDS_PER_PHONEME / context.settings.speed
             self.scheduler.add(
                 Piece(
                     session_key=rt.session,
@@ -523,8 +531,9 @@ class Gateway:
                     speed=context.settings.speed,
                     arrival=now,
                     priority=context.priority,
-                    is_first=request.is_first and index == 0,
+                    is_first=first,
                     start_deadline=None if ttl is None else request.created_at + ttl / 1000,
+                    deadline=deadline,
                     payload=(rt, request, index, part),
                     text=part.text,
                 )

@@ -149,6 +149,10 @@ class Context:
     last_frame: _OutFrame | None = None
     last_seq: int | None = None
     first_piece_at: float | None = None
+    #: When the context's first frame left: its listener's playback starts about then.
+    first_frame_at: float | None = None
+    #: Audio expected from the pieces scheduled so far (for the scheduler's deadlines).
+    estimated_audio_s: float = 0.0
 
     def __hash__(self) -> int:
         return id(self)
@@ -374,6 +378,7 @@ class Session:
         context.last_seq = seq
         if not context.first_frame_sent:
             context.first_frame_sent = True
+            context.first_frame_at = now
             if context.first_piece_at is not None:
                 self._ttfa.append(max(0.0, now - context.first_piece_at))
         data = encode_audio_frame(seq, context.index, item.sample_offset, item.flags, item.payload)

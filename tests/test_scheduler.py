@@ -282,3 +282,19 @@ def test_finished_and_cancelled_contexts_leave_no_bookkeeping_behind() -> None:
         s.cancel_session(sid)
     s.set_paused("gone", False)
     assert s._context_first_arrival == {} and s._sessions == {} and s._lock_holder is None
+
+
+def test_a_playing_turn_about_to_run_dry_goes_before_a_new_turn() -> None:
+    s = make_scheduler(max_batch_pieces=1)
+    playing = make_pieces("a", "story", [40, 40])[1]
+    playing.is_first, playing.deadline = False, 0.5  # its listener runs out of audio at t=0.5
+    fresh = make_pieces("b", "new", [40], arrival=1.0)[0]  # a new turn's first piece, due on arrival
+    later = make_pieces("c", "calm", [40, 40])[1]
+    later.is_first, later.deadline = False, 9.0  # plenty of audio still buffered
+    for piece in (later, fresh, playing):
+        s.add(piece)
+    order = []
+    while (batch := s.schedule(1.0)) is not None:
+        order.append(batch.pieces[0].session_key)
+        s.complete(batch, [object()])
+    assert order == ["a", "b", "c"]
