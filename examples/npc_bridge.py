@@ -21,7 +21,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from gateway.client import VoxgateClient, write_wav  # noqa: E402
+from gateway.client import VoxgateClient  # noqa: E402
+from gateway.client_sync import write_wav  # noqa: E402
 from gateway.integrations.npc import NpcEvent, NpcHook  # noqa: E402
 from gateway.integrations.npc import main as bridge_main  # noqa: E402
 

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from gateway.config import Config, ConfigError, load_config
+from gateway.config import Config, ConfigError, load_config, parse_overrides
 
 __all__ = ["main", "build_parser", "config_from_args"]
 
@@ -59,12 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
-    overrides: dict[str, Any] = {}
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ConfigError(f"--set wants SECTION.KEY=VALUE; got {item!r}")
-        overrides[key.strip()] = value
+    overrides: dict[str, Any] = dict(parse_overrides(args.set))
     shortcuts = {
         "engine.kind": getattr(args, "engine", None),
         "engine.weights": getattr(args, "weights", None),
@@ -115,7 +110,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return run(config)
     if args.command in ("voices", "say"):
-        from gateway.client import VoxgateClientError, VoxgateConnectionError, list_voices, say_to_wav
+        from gateway.client import VoxgateClientError, VoxgateConnectionError
+        from gateway.client_sync import list_voices, say_to_wav
 
         try:
             if args.command == "voices":

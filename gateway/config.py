@@ -17,7 +17,7 @@ import dataclasses
 import os
 import tomllib
 import typing
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -33,6 +33,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "load_config",
+    "parse_overrides",
     "REPO_ROOT",
 ]
 
@@ -190,6 +191,17 @@ def load_config(
         config = _apply(config, overrides, source="command line")
     _validate(config)
     return config
+
+
+def parse_overrides(items: Iterable[str]) -> dict[str, str]:
+    """``["server.port=9000", ...]`` (``--set`` flags) as overrides for ``load_config``."""
+    overrides: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--set wants SECTION.KEY=VALUE; got {item!r}")
+        overrides[key.strip()] = value
+    return overrides
 
 
 def _flatten(data: Mapping[str, Any]) -> dict[str, Any]:

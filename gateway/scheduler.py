@@ -14,12 +14,13 @@ Modes (same inputs, for comparison in the load benchmark):
 
 - ``batched`` (ours): up to ``max_batch_pieces`` pieces and ``max_batch_tokens`` padded tokens per
   batch, lengths within ``max_length_ratio`` of each other (padding is wasted compute); order is
-  priority, then earliest deadline first, then first pieces of a context, then round-robin over
-  sessions (the session served longest ago first), then arrival. A piece's deadline is when its
-  listener would run out of audio: a context's first piece is due on arrival (time to first audio),
-  a later piece when the audio before it will have played. So new turns start fast, yet a turn that
-  is already playing and about to run dry goes ahead of them (under overload, serving first pieces
-  unconditionally starved playing turns: 10x the underruns in the load benchmark). One piece per context per batch keeps a context's
+  priority, then least laxity (latest start time) first, then first pieces of a context, then
+  round-robin over sessions (the session served longest ago first), then arrival. A piece's deadline
+  is when its listener would run out of audio: a context's first piece is due on arrival (time to
+  first audio), a later piece when the audio before it will have played; its latest start is that
+  deadline minus its expected synthesis time (tokens x the engine's measured seconds per token). So
+  new turns start fast, yet a long piece of a turn that is already playing starts early enough not
+  to run dry (serving first pieces unconditionally starved playing turns under load). One piece per context per batch keeps a context's
   pieces in order; one per session per batch on the first pass keeps one talker from starving others.
 - ``serial``: one FIFO worker, one piece at a time (what RealtimeTTS and AllTalk recommend).
 - ``locked``: the oldest context holds the engine until it is finished (all its audio out), like a
@@ -30,7 +31,7 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any
@@ -83,8 +84,10 @@ class Piece:
     is_first: bool = False
     #: Monotonic time after which the piece must not start (TTL); None: no limit.
     start_deadline: float | None = None
-    #: When the listener needs this piece's audio (earliest deadline first); None: its arrival.
-    deadline: float | None = None
+    #: When the listener needs this piece's audio (earliest deadline first): a time, a function
+    #: giving it (evaluated at each ``schedule``: it may depend on playback that starts later), or
+    #: None for the piece's arrival.
+    deadline: float | Callable[[], float] | None = None
     payload: Any = None
     seed: int | None = None
     #: The text behind the phonemes (for text-reading engines; never logged).
@@ -95,6 +98,12 @@ class Piece:
     @property
     def num_tokens(self) -> int:
         return len(self.phonemes) + 2
+
+
+def _deadline(piece: Piece) -> float:
+    if piece.deadline is None:
+        return piece.arrival
+    return piece.deadline() if callable(piece.deadline) else piece.deadline
 
 
 @dataclass
@@ -141,6 +150,8 @@ class Scheduler:
         self._lock_holder: Hashable | None = None
         self._context_first_arrival: dict[Hashable, int] = {}
         self._num_batches = 0
+        #: Engine seconds per padded token, learned from completed batches (for latest start times).
+        self.seconds_per_token = 0.0
 
     # --- input ---------------------------------------------------------------------------------
 
@@ -241,8 +252,9 @@ class Scheduler:
         self._running = batch
         return batch
 
-    def complete(self, batch: Batch, results: Sequence[Any]) -> list[tuple[Piece, Any]]:
-        """Record a batch's results (one per piece: a result or an exception instance).
+    def complete(self, batch: Batch, results: Sequence[Any], *, now: float | None = None) -> list[tuple[Piece, Any]]:
+        """Record a batch's results (one per piece: a result or an exception instance); ``now`` (when
+        given) teaches the scheduler the engine's speed.
 
         Returns (piece, result) for the pieces still wanted: a piece cancelled while the engine ran is
         left out (its audio must never reach the client). Exceptions are passed on with status FAILED.
@@ -252,6 +264,9 @@ class Scheduler:
         if len(results) != len(batch.pieces):
             raise InvalidState(f"{len(results)} results for {len(batch.pieces)} pieces")
         self._running = None
+        if now is not None and batch.num_padded_tokens:
+            measured = max(0.0, now - batch.scheduled_at) / batch.num_padded_tokens
+            self.seconds_per_token = measured if not self.seconds_per_token else 0.8 * self.seconds_per_token + 0.2 * measured
         delivered: list[tuple[Piece, Any]] = []
         for piece, result in zip(batch.pieces, results):
             if piece.status is PieceStatus.CANCELLED:
@@ -317,7 +332,7 @@ class Scheduler:
         candidates.sort(
             key=lambda p: (
                 -p.priority,
-                p.arrival if p.deadline is None else p.deadline,
+                _deadline(p) - p.num_tokens * self.seconds_per_token,
                 not p.is_first,
                 self._sessions[p.session_key].last_served,
                 p.piece_id,

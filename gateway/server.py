@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import hmac
 import logging
+import math
 import signal
 import time
 import uuid
@@ -517,10 +518,10 @@ class Gateway:
         ttl = context.ttl_ms
         for index, part in enumerate(parts):
             first = request.is_first and index == 0
-            # Due when the audio before it will have played: playback starts at the first frame
-            # (or, before that, not earlier than now); a context's first piece is due at once.
-            playback_start = context.first_frame_at if context.first_frame_at is not None else now
-            deadline = now if first else playback_start + context.estimated_audio_s
+            # A context's first piece is due at once; a later one when the audio before it will have
+            # played, counted from the first frame. Until playback starts it is not urgent at all:
+            # guessing an early start made waiting turns jump ahead of turns already playing.
+            deadline: float | Callable[[], float] = now if first else _playback_deadline(context, context.estimated_audio_s)
             context.estimated_audio_s += len(part.phonemes) * SECONDS_PER_PHONEME / context.settings.speed
             self.scheduler.add(
                 Piece(
@@ -597,7 +598,7 @@ class Gateway:
         self.metrics.engine_ready.set(1 if self.worker.alive else 0)
         now = loop.time()
         touched: dict[int, _Runtime] = {}
-        for piece, result in self.scheduler.complete(batch, outcome):
+        for piece, result in self.scheduler.complete(batch, outcome, now=now):
             rt, request, part, phoneme_piece = piece.payload
             touched[id(rt)] = rt
             if isinstance(result, EngineFailed):
@@ -647,6 +648,15 @@ class Gateway:
         path = request.path.removeprefix("/web-demo")
         response = static_file_response(self._web_root, path)
         return response or HttpResponse.text(404, "not found")
+
+
+def _playback_deadline(context: Context, audio_before_s: float) -> Callable[[], float]:
+    def deadline() -> float:
+        if context.first_frame_at is None:
+            return math.inf
+        return context.first_frame_at + audio_before_s
+
+    return deadline
 
 
 def run(config: Config) -> int:

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from gateway.cli import main
-from gateway.client import VoxgateClient, VoxgateClientError, say_to_wav
+from gateway.client import VoxgateClient, VoxgateClientError
+from gateway.client_sync import say_to_wav
 from gateway.config import load_config
 from tests.utils import run_server, test_config
 

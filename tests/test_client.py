@@ -16,9 +16,9 @@ from gateway.client import (
     VoxgateClient,
     VoxgateClientError,
     VoxgateConnectionError,
-    VoxgateSyncClient,
     _split_text,
 )
+from gateway.client_sync import VoxgateSyncClient
 from tests.utils import run_server
 
 # Text waits for punctuation (not a timer), so fragmented and whole text cut into the same pieces.

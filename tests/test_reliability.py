@@ -21,7 +21,7 @@ from gateway.engines.fake import FakeEngine
 from gateway.engines.worker import EngineWorker
 from gateway.errors import EngineFailed
 from gateway.protocol import decode_audio_frame
-from tests.test_server import http_get, msg, speak
+from tests.test_server import http_get, msg
 from tests.utils import run_client, run_server
 
 FAST = {"engine.kind": "fake", "session.max_buffer_ms": 10_000}

@@ -298,3 +298,32 @@ def test_a_playing_turn_about_to_run_dry_goes_before_a_new_turn() -> None:
         order.append(batch.pieces[0].session_key)
         s.complete(batch, [object()])
     assert order == ["a", "b", "c"]
+
+
+def test_a_deadline_function_is_evaluated_when_scheduling() -> None:
+    s = make_scheduler(max_batch_pieces=1)
+    started: dict[str, float] = {}
+    waiting = make_pieces("a", "c", [40, 40])[1]
+    waiting.is_first, waiting.deadline = False, lambda: started.get("a", float("inf"))
+    fresh = make_pieces("b", "new", [40], arrival=5.0)[0]
+    s.add(waiting)
+    s.add(fresh)
+    started["a"] = 2.0  # playback of "a" started: its next piece is now due before the new turn
+    batch = s.schedule(5.0)
+    assert batch is not None and batch.pieces[0].session_key == "a"
+
+
+def test_a_long_piece_starts_before_a_short_one_due_at_the_same_time() -> None:
+    s = make_scheduler(max_batch_pieces=1)
+    s.add(make_pieces("warm", "c", [98])[0])
+    batch = s.schedule(0.0)
+    assert batch is not None
+    s.complete(batch, [object()], now=1.0)  # 100 tokens took 1 s: 10 ms per token
+    assert s.seconds_per_token == pytest.approx(0.01)
+    long_piece = make_pieces("a", "story", [10, 298])[1]  # 3 s of synthesis, due at t=4
+    long_piece.is_first, long_piece.deadline = False, 4.0
+    short_first = make_pieces("b", "new", [28], arrival=2.0)[0]  # 0.3 s of synthesis, due at t=2
+    s.add(short_first)
+    s.add(long_piece)
+    batch = s.schedule(2.0)
+    assert batch is not None and batch.pieces[0].session_key == "a"  # latest start 1.0 < 1.7

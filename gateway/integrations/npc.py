@@ -55,7 +55,6 @@ import os
 import re
 import sys
 import threading
-import wave
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -584,7 +583,9 @@ async def serve_bridge(
             handle = hook_lines.get(event.line_id or "")
             if handle is not None:
                 path = Path(wav_dir) / f"{_slug(event.line_id or 'line')}.wav"
-                data["wav"] = str(_write_wav(path, handle.samples(), handle.sample_rate))
+                from gateway.client_sync import write_wav
+
+                data["wav"] = str(write_wav(path, handle.samples(), handle.sample_rate).resolve())
         if event.kind in ("done", "interrupted", "error"):
             hook_lines.pop(event.line_id or "", None)
         emit(data)
@@ -690,15 +691,6 @@ def _number(value: Any) -> float | None:
         raise TypeError("speed must be a number")
     return float(value)
 
-
-def _write_wav(path: Path, samples: np.ndarray, sample_rate: int) -> Path:
-    pcm = np.clip(np.round(np.asarray(samples, dtype=np.float32) * 32_767.0), -32_768, 32_767).astype("<i2")
-    with wave.open(str(path), "wb") as wav:
-        wav.setnchannels(1)
-        wav.setsampwidth(2)
-        wav.setframerate(sample_rate)
-        wav.writeframes(pcm.tobytes())
-    return path.resolve()
 
 
 async def _stdin_lines() -> AsyncIterator[bytes]:
