@@ -55,13 +55,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def _overrides(items: list[str]) -> dict[str, Any]:
-    overrides: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise SystemExit(f"--set wants SECTION.KEY=VALUE, got {item!r}")
-        overrides[key.strip()] = value.strip()
-    return overrides
+    from gateway.config import ConfigError, parse_overrides
+
+    try:
+        return dict(parse_overrides(items))
+    except ConfigError as exc:
+        raise SystemExit(str(exc)) from None
 
 
 async def run(args: argparse.Namespace) -> DanmakuReport:

@@ -63,21 +63,19 @@ import ctypes
 import dataclasses
 import datetime as _dt
 import gc
-import importlib.metadata
 import json
 import logging
 import math
 import os
-import platform
 import random
 import resource
-import socket
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from gateway.bench.machine import machine_info
 from gateway.engines.base import Engine, SynthesisItem, SynthesisResult
 
 __all__ = [
@@ -830,7 +828,7 @@ async def run_benchmark(args: argparse.Namespace, config: Any) -> dict[str, Any]
         "started": _dt.datetime.fromtimestamp(started).isoformat(timespec="seconds"),
         "duration_s": round(time.time() - started, 1),
         "command": "voxgate bench load " + " ".join(args.argv),
-        "machine": machine_info(description),
+        "machine": machine_info(),
         "engine": {**{k: _jsonable(v) for k, v in description.items()}, "load_s": round(load_s, 2)},
         "calibration": calibration,
         "settings": {
@@ -905,46 +903,7 @@ def _jsonable(value: Any) -> Any:
     return value if isinstance(value, (str, int, float, bool, type(None), list, dict)) else str(value)
 
 
-# --- machine description and reports ---------------------------------------------------------------
-
-
-def machine_info(engine: dict[str, object] | None = None) -> dict[str, Any]:
-    cpu = ""
-    flags: set[str] = set()
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name") and not cpu:
-                cpu = line.split(":", 1)[1].strip()
-            elif line.startswith("flags") and not flags:
-                flags = set(line.split(":", 1)[1].split())
-    mem_kib = 0
-    with contextlib.suppress(OSError), open("/proc/meminfo") as f:
-        for line in f:
-            if line.startswith("MemTotal:"):
-                mem_kib = int(line.split()[1])
-    info: dict[str, Any] = {
-        "host": socket.gethostname(),
-        "cpu": cpu or platform.processor(),
-        "cpu_flags": sorted(flags & {"avx", "avx2", "avx512f", "avx512_bf16", "amx_bf16", "fma"}),
-        "logical_cores": os.cpu_count(),
-        "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "ram_gib": round(mem_kib / 2**20, 1),
-        "os": platform.platform(),
-        "python": platform.python_version(),
-        "allocator": os.environ.get("LD_PRELOAD") or "glibc malloc",
-    }
-    with contextlib.suppress(OSError), open("/proc/loadavg") as f:
-        info["loadavg_at_end"] = " ".join(f.read().split()[:3])
-    for package in ("torch", "websockets", "numpy", "uvloop"):
-        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
-            info[package] = importlib.metadata.version(package)
-    torch = sys.modules.get("torch")
-    if torch is not None:
-        info["torch_threads"] = torch.get_num_threads()
-        if torch.cuda.is_available():
-            info["gpu"] = torch.cuda.get_device_name(0)
-            info["gpu_memory_gib"] = round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1)
-    return info
+# --- reports ----------------------------------------------------------------------------------------
 
 
 def _fmt_ms(value: float | None) -> str:
@@ -1215,12 +1174,12 @@ def build_parser() -> argparse.ArgumentParser:
 def _config(args: argparse.Namespace) -> Any:
     from gateway.config import load_config
 
-    overrides: dict[str, Any] = {}
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise SystemExit(f"voxgate bench load: --set wants SECTION.KEY=VALUE; got {item!r}")
-        overrides[key.strip()] = value
+    from gateway.config import ConfigError, parse_overrides
+
+    try:
+        overrides: dict[str, Any] = dict(parse_overrides(args.set))
+    except ConfigError as exc:
+        raise SystemExit(f"voxgate bench load: {exc}") from None
     for key, value in (("engine.kind", args.engine), ("engine.weights", args.weights), ("engine.device", args.device)):
         if value is not None:
             overrides[key] = value

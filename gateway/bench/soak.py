@@ -13,7 +13,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import random
 import statistics
 import subprocess
@@ -28,6 +27,7 @@ from typing import Any
 import orjson
 from websockets.asyncio.client import connect
 
+from gateway.bench.machine import describe_machine
 from gateway.config import REPO_ROOT
 from gateway.protocol import decode_audio_frame
 
@@ -85,14 +85,6 @@ def _rss_mib(pid: int) -> float:
     return 0.0
 
 
-def _machine() -> str:
-    model = ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
-    except OSError:
-        pass
-    return f"{platform.node()}: {model or platform.processor()}, {os.cpu_count()} cores, Python {platform.python_version()}"
 
 
 async def _client_loop(url: str, rng: random.Random, deadline: float, report: SoakReport) -> None:
@@ -163,7 +155,7 @@ async def _next_json(ws: object, seqs: list[int]) -> dict:
 
 def run_soak(*, duration_s: float, engine: str, clients: int, seed: int = 0, warmup_fraction: float = 0.25) -> SoakReport:
     """Start a server subprocess, run the client loops for ``duration_s``, sample its RSS."""
-    report = SoakReport(duration_s=duration_s, engine=engine, clients=clients, machine=_machine())
+    report = SoakReport(duration_s=duration_s, engine=engine, clients=clients, machine=describe_machine())
     env = dict(os.environ, VOXGATE_SERVER_PORT="0", VOXGATE_ENGINE_KIND=engine, VOXGATE_SESSION_MAX_MESSAGES_PER_S="0")
     proc = subprocess.Popen(
         [sys.executable, "-m", "gateway", "serve", "--config", str(REPO_ROOT / "configs" / ("test.toml" if engine != "kokoro" else "default.toml")), "--set", f"engine.kind={engine}", "--set", "server.port=0"],
