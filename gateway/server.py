@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
@@ -243,7 +244,7 @@ class Gateway:
         path, _, query = request.path.partition("?")
         if path != STREAM_PATH:
             return connection.respond(404, f"WebSocket endpoint is {STREAM_PATH}\n")
-        refusal = self._check_access(request.headers, query)
+        refusal = self._check_access(request.headers, parse_qs(query))
         if refusal is not None:
             status, text = refusal
             self.metrics.sessions_refused.labels(reason=str(status)).inc()
@@ -252,20 +253,18 @@ class Gateway:
             return connection.respond(503, "server shutting down\n")
         return None
 
-    def _check_access(self, headers: Headers | dict[str, str], query: str) -> tuple[int, str] | None:
+    def _check_access(self, headers: Headers | dict[str, str], query: dict[str, list[str]]) -> tuple[int, str] | None:
         server = self.config.server
         if server.allowed_origins:
             origin = headers.get("Origin") or headers.get("origin")
             if origin is not None and origin not in server.allowed_origins:
                 return 403, "origin not allowed"
         if server.auth_token:
-            from urllib.parse import parse_qs
-
             supplied = ""
             auth = headers.get("Authorization") or headers.get("authorization") or ""
             if auth.lower().startswith("bearer "):
                 supplied = auth[7:].strip()
-            supplied = supplied or (parse_qs(query).get("token") or [""])[0]
+            supplied = supplied or (query.get("token") or [""])[0]
             if not hmac.compare_digest(supplied.encode(), server.auth_token.encode()):
                 return 401, "missing or wrong token"
         return None
@@ -343,8 +342,6 @@ class Gateway:
 
     def _resume(self, ws: Connection, query: str, now: float) -> _Runtime | None:
         """Reattach a detached session named in ``?session_id=...&last_seq=N``; None: a new session."""
-        from urllib.parse import parse_qs
-
         params = parse_qs(query)
         session_id = (params.get("session_id") or [""])[0]
         if not session_id:
@@ -627,7 +624,7 @@ class Gateway:
     async def _handle_http(self, request: HttpRequest) -> HttpResponse:
         route = self.extra_routes.get((request.method, request.path))
         if route is not None:
-            refusal = self._check_access(request.headers, "&".join(f"{k}={v[0]}" for k, v in request.query.items()))
+            refusal = self._check_access(request.headers, request.query)
             if refusal is not None:
                 return HttpResponse.text(*refusal)
             return await route(request)

@@ -201,3 +201,28 @@ async def test_the_bearer_token_guards_the_openai_routes() -> None:
 
     assert audio[:4] == b"RIFF" and len(audio) > 44
     assert refused is openai.AuthenticationError
+
+
+async def test_the_speech_endpoint_accepts_a_token_with_url_special_characters_in_the_query() -> None:
+    import urllib.parse
+    import urllib.request
+
+    from tests.utils import run_server
+
+    token = "a&b=c d+e"
+    async with run_server({"engine.kind": "fake", "server.auth_token": token}) as gw:
+        body = b'{"model":"tts-1","input":"Hi.","voice":"alloy","response_format":"pcm"}'
+
+        def post(query: str) -> int:
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{gw.port}/v1/audio/speech{query}", data=body, headers={"Content-Type": "application/json"}
+            )
+            try:
+                with urllib.request.urlopen(request, timeout=30) as response:
+                    response.read()
+                    return response.status
+            except urllib.error.HTTPError as error:
+                return error.code
+
+        assert await asyncio.to_thread(post, "") == 401
+        assert await asyncio.to_thread(post, "?token=" + urllib.parse.quote(token)) == 200
