@@ -31,8 +31,19 @@ from websockets.http11 import Request, Response
 from gateway.config import Config
 from gateway.engines import Engine, SynthesisItem, create_engine
 from gateway.engines.worker import EngineWorker, G2PWorker
-from gateway.errors import CloseCode, EngineFailed, ProtocolError, SessionRefused, VoxgateError
-from gateway.http import HttpRequest, HttpResponse, make_front_door, static_file_response
+from gateway.errors import (
+    CloseCode,
+    EngineFailed,
+    ProtocolError,
+    SessionRefused,
+    VoxgateError,
+)
+from gateway.http import (
+    HttpRequest,
+    HttpResponse,
+    make_front_door,
+    static_file_response,
+)
 from gateway.metrics import CONTENT_TYPE_LATEST, Metrics
 from gateway.protocol import context_id_of, dumps
 from gateway.scheduler import Batch, Piece, Scheduler
