@@ -207,9 +207,6 @@ class Scheduler:
         if session_key in self._sessions or paused:
             self._sessions.setdefault(session_key, _SessionQueue()).paused = paused
 
-    def remove_session(self, session_key: Hashable) -> None:
-        self.cancel_session(session_key)
-
     # --- decisions ------------------------------------------------------------------------------
 
     @property
@@ -219,9 +216,6 @@ class Scheduler:
     @property
     def num_queued(self) -> int:
         return sum(len(q.pieces) for q in self._sessions.values())
-
-    def has_work(self) -> bool:
-        return any(q.pieces for q in self._sessions.values())
 
     def schedule(self, now: float) -> Batch | None:
         """Form the next batch, or None when the engine is busy, nothing is eligible, or the batching
@@ -292,13 +286,6 @@ class Scheduler:
             if candidates and self._window_open(candidates, now):
                 deadlines.append(min(p.arrival for p in candidates) + self.max_wait_s)
         return min(deadlines) if deadlines else None
-
-    def stats(self) -> dict[str, int]:
-        return {
-            "queued": self.num_queued,
-            "sessions": len(self._sessions),
-            "running": len(self._running.pieces) if self._running else 0,
-        }
 
     # --- internals ------------------------------------------------------------------------------
 

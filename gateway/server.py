@@ -46,7 +46,7 @@ from gateway.http import (
 )
 from gateway.metrics import CONTENT_TYPE_LATEST, Metrics
 from gateway.protocol import context_id_of, dumps
-from gateway.scheduler import Batch, Piece, Scheduler
+from gateway.scheduler import FINISHED_REASONS, Batch, Piece, Scheduler
 from gateway.session import Context, PieceRequest, Session, SessionState
 
 __all__ = ["Gateway", "LocalConnection", "run", "STREAM_PATH"]
@@ -380,7 +380,11 @@ class Gateway:
                     await ws.send(frame)
 
         # Sent before the writer task starts draining the outbox, so it comes first on the wire.
-        task = asyncio.get_running_loop().create_task(send())
+        return self._spawn(send())
+
+    def _spawn(self, coro: Any) -> asyncio.Task[None]:
+        """A background task kept referenced until it ends (the loop holds tasks only weakly)."""
+        task = asyncio.get_running_loop().create_task(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
         return task
@@ -469,10 +473,7 @@ class Gateway:
         self._pump(rt)
         if rt.session.close_code is not None and rt.ws is not None:
             # The writer may be stuck on a client that does not read: close from here.
-            ws, code, reason = rt.ws, rt.session.close_code, rt.session.close_reason
-            task = asyncio.get_running_loop().create_task(ws.close(code, reason))
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
+            self._spawn(rt.ws.close(rt.session.close_code, rt.session.close_reason))
 
     async def _writer(self, rt: _Runtime) -> None:
         """The only code that writes to this session's socket."""
@@ -624,7 +625,7 @@ class Gateway:
         touched: dict[int, _Runtime] = {}
         for piece in pieces:
             rt, request, part, _ = piece.payload
-            rt.session.receive_dropped(request, part, "ttl_expired", now)
+            rt.session.receive_dropped(request, part, FINISHED_REASONS[piece.status], now)
             self.metrics.pieces.labels(outcome="expired").inc()
             touched[id(rt)] = rt
         for rt in touched.values():

@@ -219,8 +219,6 @@ class Session:
         }
         #: Recently sent frames for ``resume``: (seq, bytes).
         self._replay: collections.deque[tuple[int, bytes]] = collections.deque(maxlen=max(1, config.replay_buffer_frames))
-        self.num_frames_sent = 0
-        self.audio_ms_sent = 0.0
         self._enqueue_message(None, self._created_message)
 
     # --- input from the client ------------------------------------------------------------------
@@ -383,8 +381,6 @@ class Session:
                 self._ttfa.append(max(0.0, now - context.first_piece_at))
         data = encode_audio_frame(seq, context.index, item.sample_offset, item.flags, item.payload)
         self._replay.append((seq, data))
-        self.num_frames_sent += 1
-        self.audio_ms_sent += item.duration_ms
         return data
 
     def send_error(self, error: VoxgateError) -> None:

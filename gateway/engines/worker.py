@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
-import threading
 from collections.abc import Callable, Sequence
 
 from gateway.engines.base import Engine, EngineError, SynthesisItem, SynthesisResult
@@ -42,7 +41,6 @@ class EngineWorker:
         self._factory = factory
         self._warmup = warmup
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="voxgate-engine")
-        self._lock = threading.Lock()
         self.engine: Engine | None = None
         self.ready = False
         self.failed_batches_in_row = 0
