@@ -52,8 +52,9 @@ EMOJI_NAMES: dict[str, dict[str, str]] = {
 #: Latin netspeak said as letters or as one word, per language (``en`` also serves the others).
 _SPELLED: dict[str, str] = {"lmao": "L M A O", "lmfao": "L M F A O", "rofl": "rofl", "omg": "O M G", "gg": "G G", "ggwp": "G G W P"}
 
-_LOL_RE = re.compile(r"(?<![^\W\d_])(?:l+o+)+l+(?![^\W\d_])", re.IGNORECASE)
-_WORD_RE = re.compile(r"(?<![^\W\d_])[a-z]+(?![^\W\d_])", re.IGNORECASE)
+# Latin words end at anything but a Latin letter: "主播lol" holds the word "lol".
+_LOL_RE = re.compile(r"(?<![A-Za-z])(?:l+o+)+l+(?![A-Za-z])", re.IGNORECASE)
+_WORD_RE = re.compile(r"(?<![A-Za-z])[A-Za-z]+(?![A-Za-z])")
 # Laughter spelled with letters or digits, alone (not inside a word, a URL or a number).
 _WWW_RE = re.compile(r"(?<![A-Za-z0-9.])[wW]{3,}(?![A-Za-z0-9.])")
 _WW_JA_RE = re.compile(r"(?<![A-Za-z0-9.])[wW]{2,}(?![A-Za-z0-9.])")
@@ -177,5 +178,5 @@ def _collapse_letters(m: re.Match[str]) -> str:
 def _replacement_re(word: str) -> re.Pattern[str]:
     escaped = re.escape(word)
     if word.isascii():
-        return re.compile(rf"(?<![^\W_]){escaped}(?![^\W_])", re.IGNORECASE)
+        return re.compile(rf"(?<![A-Za-z0-9]){escaped}(?![A-Za-z0-9])", re.IGNORECASE)
     return re.compile(escaped, re.IGNORECASE)
