@@ -25,39 +25,14 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from gateway.integrations.danmaku_policy import (
-    COMMENT_KINDS,
-    DEFAULT_TEMPLATES,
-    Admission,
-    Comment,
-    CommentKind,
-    DanmakuConfig,
-    DanmakuPolicy,
-    DanmakuReport,
-    DropReason,
-    DroppedEntry,
-    SpokenEntry,
-    Utterance,
-    detect_lang,
-    normalize_comment,
-)
+from gateway.integrations import danmaku_policy
+from gateway.integrations.danmaku_policy import *  # noqa: F403 - the policy's names, re-exported
+from gateway.integrations.danmaku_policy import Comment, DanmakuConfig, DanmakuPolicy, DanmakuReport, DropReason, Utterance
 
 __all__ = [
-    "COMMENT_KINDS",
-    "CommentKind",
-    "DropReason",
-    "Comment",
-    "DanmakuConfig",
-    "Admission",
-    "Utterance",
-    "SpokenEntry",
-    "DroppedEntry",
-    "DanmakuReport",
-    "DanmakuPolicy",
-    "DEFAULT_TEMPLATES",
-    "normalize_comment",
-    "detect_lang",
+    *danmaku_policy.__all__,
     "load_comments",
+    "parse_comment_lines",
     "parse_comment_line",
     "StreamClock",
     "AudioSink",
@@ -73,16 +48,23 @@ logger = logging.getLogger("voxgate.integrations.danmaku")
 def load_comments(path: str | Path) -> list[Comment]:
     """Read a JSON-lines comment log (see ``examples/comments.jsonl``), in timestamp order. Blank
     lines and lines starting with ``//`` are skipped."""
-    comments: list[Comment] = []
     with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            try:
-                comment = parse_comment_line(line, default_id=f"c{number}")
-            except ValueError as exc:
-                raise ValueError(f"{path}:{number}: {exc}") from None
-            if comment is not None:
-                comments.append(comment)
+        comments = parse_comment_lines(f, id_prefix="c", where=f"{path}:")
     comments.sort(key=lambda c: c.at)
+    return comments
+
+
+def parse_comment_lines(lines: Iterable[str | bytes], *, id_prefix: str, where: str = "comment ") -> list[Comment]:
+    """JSON-lines records as comments (ids ``{id_prefix}{line number}`` where missing); raises
+    ``ValueError`` naming the first bad line (``{where}{number}: ...``)."""
+    comments: list[Comment] = []
+    for number, line in enumerate(lines, 1):
+        try:
+            comment = parse_comment_line(line, default_id=f"{id_prefix}{number}")
+        except ValueError as exc:
+            raise ValueError(f"{where}{number}: {exc}") from None
+        if comment is not None:
+            comments.append(comment)
     return comments
 
 

@@ -53,6 +53,7 @@ from gateway.integrations.danmaku import (
     StreamClock,
     Utterance,
     parse_comment_line,
+    parse_comment_lines,
 )
 from gateway.protocol import FrameFlags, encode_audio_frame
 
@@ -83,15 +84,7 @@ def parse_comments_body(body: bytes, *, id_prefix: str) -> list[Comment]:
         lines = [orjson.dumps(record) for record in records]
     else:
         lines = text.split(b"\n")
-    comments = []
-    for number, line in enumerate(lines, 1):
-        try:
-            comment = parse_comment_line(line, default_id=f"{id_prefix}-{number}")
-        except ValueError as exc:
-            raise ValueError(f"comment {number}: {exc}") from None
-        if comment is not None:
-            comments.append(comment)
-    return comments
+    return parse_comment_lines(lines, id_prefix=f"{id_prefix}-")
 
 
 async def read_json_lines(stream: BinaryIO) -> AsyncIterator[bytes]:
