@@ -1,6 +1,6 @@
 """One configuration object for the whole gateway.
 
-A frozen dataclass tree (``server``, ``session``, ``segmenter``, ``scheduler``, ``engine``) with typed
+A frozen dataclass tree (``server``, ``session``, ``segmenter``, ``scheduler``, ``engine``, ``danmaku``) with typed
 defaults, loaded once at start-up in this order, later sources winning:
 
 1. the dataclass defaults;

@@ -314,7 +314,7 @@ class LiveDanmaku:
             try:
                 comment = parse_comment_line(line, default_id=f"{source}-{number}")
             except ValueError as exc:
-                logger.warning("%s line %d: %s", source, number, exc)
+                logger.warning("%s line %d: %r", source, number, str(exc))
                 self._emit({"event": "error", "source": source, "line": number, "message": str(exc)})
                 continue
             if comment is not None:

@@ -685,7 +685,7 @@ class DanmakuPolicy:
             DroppedEntry(comment.id, comment.viewer, comment.text, reason, by, round(now, 3), group_id)
         )
         if logger.isEnabledFor(logging.DEBUG):
-            logger.debug("dropped %s from %s: %s (%s)", comment.id, comment.viewer, reason, by)
+            logger.debug("dropped %r from %r: %s (%s)", comment.id, comment.viewer, reason, by)
         return Admission("dropped", group_id, reason)
 
     def _drop_group(self, group: _Group, reason: DropReason, by: Literal["local", "server"], now: float) -> None:
