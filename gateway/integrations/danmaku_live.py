@@ -352,10 +352,12 @@ class LiveDanmaku:
         return response or HttpResponse.text(404, "not found")
 
     async def _handle_ws(self, ws: ServerConnection) -> None:
-        path = ws.request.path.partition("?")[0] if ws.request is not None else ""
-        origin = ws.request.headers.get("Origin") if ws.request is not None else None
-        if origin is not None and origin.removeprefix("http://") not in _local_hosts(self.config.listen_host, self.port):
-            # Another site's page in the streamer's browser must not speak on their stream.
+        request = ws.request
+        path = request.path.partition("?")[0] if request is not None else ""
+        origin = request.headers.get("Origin") if request is not None else None
+        if origin is not None and request is not None and origin.partition("://")[2] != request.headers.get("Host", ""):
+            # Only our own pages (the overlay) and non-browser clients (no Origin): another site's
+            # page in the streamer's browser must not speak on their stream.
             await ws.close(1008, "origin not allowed")
             return
         if path == OVERLAY_WS_PATH:
@@ -399,8 +401,3 @@ class _EventSink:
 
 def _admission_json(comment: Comment, admission: Admission) -> dict[str, Any]:
     return {"id": comment.id, "outcome": admission.outcome, "group_id": admission.group_id, "reason": admission.reason}
-
-
-def _local_hosts(host: str, port: int | None) -> set[str]:
-    names = {host, "127.0.0.1", "localhost", "[::1]"}
-    return {f"{name}:{port}" for name in names}
