@@ -265,3 +265,17 @@ async def test_the_twitch_reader_logs_in_joins_answers_ping_and_reconnects_again
     assert first[1].startswith("NICK justinfan") and first[2] == "JOIN #mika"
     assert first[3] == "PONG :tmi.twitch.tv"
     assert not any(line.startswith("PASS") for line in first)
+
+
+async def test_json_lines_are_read_from_a_regular_file_as_well_as_a_pipe(tmp_path: Path) -> None:
+    from gateway.integrations.danmaku_live import read_json_lines
+
+    path = tmp_path / "comments.jsonl"
+    path.write_bytes(b'{"user": "a", "text": "x"}\n{"user": "b", "text": "y"}\n')
+    with open(path, "rb") as f:
+        assert [line async for line in read_json_lines(f)] == path.read_bytes().splitlines(keepends=True)
+    read_end, write_end = os.pipe()
+    os.write(write_end, b'{"user": "c"}\n')
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as f:
+        assert [line async for line in read_json_lines(f)] == [b'{"user": "c"}\n']

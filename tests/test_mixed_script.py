@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.text.g2p import G2P, UnsupportedLanguage, available_languages
 from gateway.text.mixed import Run, split_runs
@@ -92,3 +94,20 @@ def test_a_script_whose_g2p_cannot_load_is_dropped_rather_than_spelled(monkeypat
     english._scripts = mixed.ScriptRouter(english, factory=no_chinese)
     [piece] = english.phonemize("Thank you 小明 for it")
     assert piece.phonemes == phonemes(english, "Thank you for it").replace(",", "")
+
+
+@given(st.text(alphabet=st.sampled_from(list("ab Z1.,!?小明喵すしカナ 3")), max_size=40), st.sampled_from(["en-us", "zh", "ja"]))
+@settings(max_examples=200, deadline=None)
+def test_runs_cover_the_text_and_neighbours_differ(text: str, base: str) -> None:
+    runs = split_runs(text, base)
+    assert "".join(r.text for r in runs) == text
+    assert all(a.lang != b.lang for a, b in zip(runs, runs[1:]))
+
+
+@needs
+@given(st.text(alphabet=st.sampled_from(list("ab Z1.,!?小明喵すしカナ 3")), min_size=1, max_size=30))
+@settings(max_examples=25, deadline=None)
+def test_any_mix_of_scripts_gives_vocabulary_phonemes_in_every_language(g2p: dict[str, G2P], text: str) -> None:
+    for lang in ("en", "zh", "ja"):
+        for piece in g2p[lang].phonemize(text):
+            assert set(piece.phonemes) <= g2p[lang].vocab
