@@ -11,7 +11,8 @@ Writes ``danmaku_out/stream.wav`` (the streamer's audio, silence between utteran
 sounded live), ``danmaku_out/report.json`` (every comment: spoken, merged or dropped with the reason)
 and prints a readable summary. ``--time-scale 4`` replays four times faster than the log (TTLs, rate
 limits and audio timing all scale with it, so the decisions are the same as live, given an engine
-fast enough).
+fast enough). The whole log is read before the session starts: to feed comments live (stdin, HTTP,
+WebSocket, Twitch) and hear them in OBS, use ``voxgate danmaku`` (docs/danmaku.md).
 """
 
 from __future__ import annotations

@@ -142,7 +142,12 @@ async def _serve(args: argparse.Namespace, config: Any, client: Any) -> int:
         sinks.append(player)
     await _warm_up(client)
     live = LiveDanmaku(config.danmaku, client, sinks=tuple(sinks), listen=not args.no_listen, on_event=_print_event)
-    await live.start()
+    try:
+        await live.start()
+    except OSError as exc:
+        await live.stop()
+        print(f"voxgate danmaku: cannot listen on {config.danmaku.listen_host}:{config.danmaku.listen_port}: {exc}", file=sys.stderr)
+        return 1
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
