@@ -11,7 +11,8 @@ Writes ``danmaku_out/stream.wav`` (the streamer's audio, silence between utteran
 sounded live), ``danmaku_out/report.json`` (every comment: spoken, merged or dropped with the reason)
 and prints a readable summary. ``--time-scale 4`` replays four times faster than the log (TTLs, rate
 limits and audio timing all scale with it, so the decisions are the same as live, given an engine
-fast enough).
+fast enough). The whole log is read before the session starts: to feed comments live (stdin, HTTP,
+WebSocket, Twitch) and hear them in OBS, use ``voxgate danmaku`` (docs/danmaku.md).
 """
 
 from __future__ import annotations
@@ -40,8 +41,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--url", default="ws://127.0.0.1:8765", help="a running voxgate server")
     where.add_argument("--local", action="store_true", help="run a gateway in-process instead")
-    parser.add_argument("--config", default=None, help="TOML config for --local (default: configs/default.toml)")
-    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="config override for --local")
+    parser.add_argument("--config", default=None, help="TOML config: its [danmaku] policy, and the gateway for --local (default: configs/default.toml)")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="config override (danmaku.ttl_chat_s=5, ...)")
     parser.add_argument("--token", default=None, help="bearer token for --url")
     parser.add_argument("--out", default="danmaku_out", help="output folder (stream.wav, report.json)")
     parser.add_argument("--time-scale", type=float, default=1.0, help="replay this many times faster than the log")
@@ -68,10 +69,15 @@ async def run(args: argparse.Namespace) -> DanmakuReport:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     sink = WavSink(out / "stream.wav")
-    config = DanmakuConfig(streamer_names=tuple(args.streamer or ("Mika", "米卡")))
-    if args.ttl_chat is not None:
-        from dataclasses import replace
+    from dataclasses import replace
 
+    from gateway.config import load_config
+
+    # The policy is the config's [danmaku] section (configs/danmaku.toml); flags override it.
+    config: DanmakuConfig = load_config(args.config, overrides=_overrides(args.set)).danmaku
+    if args.streamer or not config.streamer_names:
+        config = replace(config, streamer_names=tuple(args.streamer or ("Mika", "米卡")))
+    if args.ttl_chat is not None:
         config = replace(config, ttl_chat_s=args.ttl_chat)
 
     async def go(client: VoxgateClient) -> DanmakuReport:

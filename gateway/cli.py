@@ -1,4 +1,4 @@
-"""The ``voxgate`` command: serve, say, voices, bench, probe, convert-weights."""
+"""The ``voxgate`` command: serve, say, voices, danmaku, bench, probe, convert-weights."""
 
 from __future__ import annotations
 
@@ -52,6 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
     convert = sub.add_parser("convert-weights", help="convert the offline int8 ONNX weights into the KModel cache")
     convert.add_argument("--cache-dir")
     convert.add_argument("--force", action="store_true")
+
+    from gateway.integrations.danmaku_cli import add_parser as add_danmaku_parser
+
+    add_danmaku_parser(sub, _add_config_flags)
 
     bench = sub.add_parser("bench", help="benchmarks: engine, load", add_help=False)
     bench.add_argument("args", nargs=argparse.REMAINDER)
@@ -125,6 +129,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"voxgate: {exc}", file=sys.stderr)
             return 1
         return 0
+    if args.command == "danmaku":
+        from gateway.integrations.danmaku_cli import run as run_danmaku
+
+        return run_danmaku(args, config)
     if args.command == "probe":
         from gateway.engines import create_engine
         from gateway.engines.probe import probe_batch_sizes

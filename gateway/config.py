@@ -1,6 +1,6 @@
 """One configuration object for the whole gateway.
 
-A frozen dataclass tree (``server``, ``session``, ``segmenter``, ``scheduler``, ``engine``) with typed
+A frozen dataclass tree (``server``, ``session``, ``segmenter``, ``scheduler``, ``engine``, ``danmaku``) with typed
 defaults, loaded once at start-up in this order, later sources winning:
 
 1. the dataclass defaults;
@@ -30,6 +30,7 @@ __all__ = [
     "SegmenterConfig",
     "SchedulerConfig",
     "EngineConfig",
+    "DanmakuConfig",
     "Config",
     "ConfigError",
     "load_config",
@@ -147,12 +148,77 @@ class EngineConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class DanmakuConfig:
+    """``voxgate danmaku``: the comment policy (``gateway.integrations.danmaku_policy``), the netspeak
+    normaliser (``danmaku_text``) and the live endpoints (``danmaku_live``). Times are seconds of
+    stream time (the policy's clock)."""
+
+    #: Names (and handles) of the streamer; a comment containing one is a mention.
+    streamer_names: tuple[str, ...] = ()
+    priority_chat: int = 0
+    priority_mention: int = 4
+    #: Paid messages start here and gain 1 per ``paid_amount_step`` up to ``priority_paid_max``.
+    priority_paid: int = 7
+    priority_paid_max: int = 10
+    paid_amount_step: float = 30.0
+    #: A group this large gains ``crowd_priority_bonus``: many viewers saying it makes it more relevant.
+    crowd_min_count: int = 5
+    crowd_priority_bonus: int = 1
+    ttl_chat_s: float = 8.0
+    ttl_mention_s: float = 20.0
+    ttl_paid_s: float = 120.0
+    #: Comments merge into a group for this long after the group's first comment.
+    dedup_window_s: float = 20.0
+    #: Near-duplicates: ``difflib`` ratio at or above this merges keys of ``min_fuzzy_chars`` or more
+    #: (short keys only merge when equal: "ok" and "oh" are different comments). 0 disables.
+    similarity: float = 0.85
+    min_fuzzy_chars: int = 10
+    #: Groups of at least this many comments are spoken with their count ("666, times 50").
+    count_suffix_min: int = 3
+    #: A group that got an echo less than ``settle_s`` ago is still growing: other comments go first
+    #: (so the count said is the crowd's, not the first second's), for at most ``max_hold_s``.
+    settle_s: float = 1.0
+    max_hold_s: float = 4.0
+    #: Per-viewer token bucket (paid messages are exempt). 0 disables.
+    viewer_rate_per_s: float = 0.2
+    viewer_burst: float = 2.0
+    #: Queued groups beyond this evict the least urgent.
+    max_queued: int = 50
+    #: Longer comments are cut (at a space or punctuation when there is one) to keep turns short.
+    max_chars: int = 80
+    #: The engine must start an utterance at least this long before its deadline (first audio latency).
+    start_margin_s: float = 0.3
+    #: Spoken forms per kind ("count", "superchat", "gift") and language, over the built-in ones.
+    templates: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    #: Read netspeak as viewers say it ("666" six six six, "哈哈哈哈哈" 哈哈哈, "www" laughter).
+    netspeak: bool = True
+    #: Emoji: "drop" them, or "name" the ones in the built-in table and ``emoji_names``.
+    emoji: Literal["drop", "name"] = "drop"
+    #: Extra emoji names, e.g. {"🔥" = "fire"}; "" drops that emoji.
+    emoji_names: Mapping[str, str] = field(default_factory=dict)
+    #: Extra whole-word replacements per language, e.g. {en = {"pog" = "pog champ"}}; applied first.
+    replacements: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    #: Where chat bots post comments (HTTP POST or WebSocket ``/comments``) and OBS loads ``/overlay``.
+    listen_host: str = "127.0.0.1"
+    #: 0: any free port (printed at start).
+    listen_port: int = 8790
+    #: Largest comment request body (HTTP) or message (WebSocket).
+    max_post_bytes: int = 65_536
+    #: Audio queued beyond this for one overlay page closes it as too slow.
+    overlay_max_buffer_s: float = 30.0
+    #: Start an utterance when the audio already queued runs out within this long.
+    lookahead_s: float = 1.0
+    voice: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     session: SessionConfig = field(default_factory=SessionConfig)
     segmenter: SegmenterConfig = field(default_factory=SegmenterConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
+    danmaku: DanmakuConfig = field(default_factory=DanmakuConfig)
 
     def replace(self, overrides: Mapping[str, Any]) -> Config:
         """A copy with dotted-key overrides (``{"server.port": 0}``) applied and validated."""
@@ -255,6 +321,10 @@ def _coerce(raw: Any, hint: Any, where: str) -> Any:
         if raw not in choices:
             raise ConfigError(f"{where} must be one of {', '.join(map(str, choices))}; got {raw!r}")
         return raw
+    if origin is Mapping:
+        if not isinstance(raw, Mapping):
+            raise ConfigError(f"{where} must be a table; got {raw!r}")
+        return dict(raw)
     if origin is tuple:
         if isinstance(raw, str):
             raw = [item.strip() for item in raw.split(",") if item.strip()]
@@ -305,6 +375,10 @@ def _validate(config: Config) -> None:
         (config.scheduler.max_length_ratio >= 1, "scheduler.max_length_ratio must be >= 1"),
         (config.engine.max_batch_size >= 1, "engine.max_batch_size must be >= 1"),
         (config.engine.num_threads >= 0, "engine.num_threads must be >= 0"),
+        (0 <= config.danmaku.listen_port <= 65_535, "danmaku.listen_port must be 0..65535"),
+        (config.danmaku.max_queued >= 1, "danmaku.max_queued must be >= 1"),
+        (config.danmaku.max_chars >= 8, "danmaku.max_chars must be >= 8"),
+        (min(config.danmaku.ttl_chat_s, config.danmaku.ttl_mention_s, config.danmaku.ttl_paid_s) > 0, "danmaku.ttl_*_s must be > 0"),
     ]
     for ok, message in checks:
         if not ok:

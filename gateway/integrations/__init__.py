@@ -3,6 +3,9 @@
 - ``gateway.integrations.danmaku``: a live-stream comment (danmaku) responder. ``DanmakuPolicy`` is the
   pure part (priority, TTL, dedup/coalescing, per-viewer rate limits, injected clock);
   ``DanmakuResponder`` speaks its choices one after another into the streamer's single audio stream.
+  ``danmaku_policy`` (the decisions), ``danmaku_text`` (netspeak as said), ``danmaku_live`` (``voxgate
+  danmaku``: stdin/HTTP/WebSocket in, the OBS overlay out), ``danmaku_twitch`` (Twitch IRC),
+  ``danmaku_cli`` (the command).
 - ``gateway.integrations.npc``: game NPC voices. ``NpcHook.say(npc, line)`` returns when audio starts,
   a new line interrupts the NPC's current one, phoneme timings become viseme events; ``python -m
   gateway.integrations.npc`` is a JSON-lines stdio bridge for Godot/Unity.

@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from gateway.engines.base import MAX_PHONEMES
+from gateway.text.mixed import ScriptRouter
 
 __all__ = [
     "G2P",
@@ -230,6 +231,8 @@ class G2P:
         #: Seconds the last ``load()`` took; None before loading.
         self.load_seconds: float | None = None
         self._tokenize: Callable[[str], list[_Token]] | None = None
+        # Runs of another script (小明 in English, "hello" in Chinese) go to that language's G2P.
+        self._scripts = ScriptRouter(self)
 
     @property
     def loaded(self) -> bool:
@@ -268,7 +271,7 @@ class G2P:
         text = _clean_markup(_strip_pictographs(text))
         if not text.strip():
             return []
-        tokens = [self._filter(tok) for tok in self._tokenize(text)]
+        tokens = [self._filter(tok) for tok in self._scripts.tokenize(text)]
         return _split(tokens, self.max_phonemes)
 
     def _filter(self, tok: _Token) -> _Token:
