@@ -74,7 +74,7 @@ class DeepgramTranslator(Translator):
 
     def start(self, created: Mapping[str, Any]) -> None:
         if self.problem is not None:
-            self._send_json({"type": "Error", "description": self.problem, "code": "INVALID_QUERY_PARAMETER"})
+            self._send_json({"type": "Error", "err_code": "INVALID_QUERY_PARAMETER", "err_msg": self.problem})
             self._close(1008, "invalid query")
             return
         update: dict[str, Any] = {"type": "session.update", "format": self.format, "sample_rate": self.sample_rate, "frame_ms": FRAME_MS}
@@ -162,4 +162,4 @@ class DeepgramTranslator(Translator):
             self._send_json({"type": "Flushed", "sequence_id": head.sequence_id})
 
     def _warn(self, description: str) -> None:
-        self._send_json({"type": "Warning", "description": description, "code": "BAD_REQUEST"})
+        self._send_json({"type": "Warning", "warn_code": "BAD_REQUEST", "warn_msg": description})

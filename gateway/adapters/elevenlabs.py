@@ -130,12 +130,12 @@ class ElevenLabsTranslator(Translator):
         if message.get("close_context") is True:
             self._close_context(cid, context)
             return
-        if text == "":
-            if not self.multi and context is not None:  # end of stream: speak the rest, then isFinal
+        if text == "" and not self.multi:  # end of stream: speak the rest, then isFinal
+            if context is not None and not context.closing:
                 self._session_out.append({"type": "flush", "context_id": cid, "final": True})
                 context.closing = True
-            return  # multi: keep-alive
-        if text is not None:
+            return
+        if text:  # "" on multi: a keep-alive (with a flush, still a flush)
             if context is None:
                 context = self._contexts[cid] = _Context(cid)
                 self._session_out.append(self._first_text(cid, text, message))
