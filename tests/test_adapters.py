@@ -8,7 +8,6 @@ import base64
 from collections.abc import AsyncIterator
 from typing import Any
 
-import numpy as np
 import orjson
 import pytest
 import pytest_asyncio
@@ -365,4 +364,38 @@ def test_compat_doc_names_every_route() -> None:
     doc = (REPO_ROOT / "docs" / "compat.md").read_text()
     for route in ("/v1/audio/speech", "/v1/audio/voices", "/v1/audio/models", "stream-input", "multi-stream-input", "/tts/websocket", "/v1/speak"):
         assert route in doc
-    assert np is not None
+
+
+@pytestmark_live
+async def test_protocol_v1_opus_frames_are_one_packet_each_and_bad_frame_lengths_are_refused(port: int) -> None:
+    import av
+
+    from gateway.protocol import decode_audio_frame
+
+    async with connect(f"ws://127.0.0.1:{port}/v1/stream?token={TOKEN}") as ws:
+        await ws.recv()  # session.created
+        await ws.send('{"type":"session.update","format":"opus","frame_ms":30}')
+        refused = orjson.loads(await ws.recv())
+        await ws.send('{"type":"session.update","format":"opus","frame_ms":20,"sample_rate":24000}')
+        updated = orjson.loads(await ws.recv())
+        await ws.send(orjson.dumps({"type": "text", "context_id": "o", "text": TEXT}).decode())
+        await ws.send('{"type":"flush","context_id":"o","final":true}')
+        frames = []
+        async for raw in ws:
+            if isinstance(raw, bytes):
+                frames.append(decode_audio_frame(raw))
+            elif orjson.loads(raw)["type"] == "context.done":
+                break
+    decoder = av.CodecContext.create("opus", "r")
+    decoder.sample_rate, decoder.layout = 48_000, "mono"
+    decoded = 0
+    for header, payload in frames:
+        out = decoder.decode(av.Packet(payload))
+        assert len(out) == 1  # exactly one packet per frame
+        decoded += out[0].samples
+    expected = await reference_seconds(port)
+
+    assert refused["type"] == "error" and refused["code"] == "bad_field" and "frame_ms" in refused["message"]
+    assert updated["settings"]["format"] == "opus"
+    assert [h.sample_offset for h, _ in frames[:3]] == [0, 480, 960] and frames[-1][0].flags & 2
+    assert expected <= decoded / 48_000 <= expected + 0.045
