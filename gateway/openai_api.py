@@ -33,7 +33,9 @@ the first audio get an HTTP error in OpenAI's shape (``{"error": {"message", "ty
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import concurrent.futures
 import contextlib
 import logging
 import math
@@ -213,17 +215,19 @@ def resolve_voice(
 
 class _AudioBody:
     """The streamed response body: the first chunk (already read to surface early errors as HTTP
-    errors), then the rest, each encoded on the event loop by this request's own encoder (a few
-    milliseconds per 100 ms chunk), then the encoder's flushed tail. ``aclose()`` always ends the
+    errors), then the rest, each encoded by this request's own encoder on this request's own
+    thread, then the encoder's flushed tail. ``aclose()`` always ends the
     session, even if iteration never started (the HTTP layer calls it when the client goes away).
     With ``sse`` each piece is wrapped in a ``speech.audio.delta`` event."""
 
-    def __init__(
-        self, client: VoxgateClient, speech: Speech, first: AudioChunk | None, encoder: StreamEncoder, *, sse: bool
-    ) -> None:
+    def __init__(self, client: VoxgateClient, speech: Speech, first: AudioChunk | None, audio_format: str, *, sse: bool) -> None:
         self._client = client
         self._speech = speech
-        self._encoder = encoder
+        # The request's own encoding thread: its encoder is created, fed and flushed there only, and
+        # mp3/AAC/Opus work (tens of ms per second of audio, benchmarks/results/codecs-vm.md) stays
+        # off the event loop.
+        self._thread = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="voxgate-encode")
+        self._encoder_ready = self._thread.submit(StreamEncoder, audio_format, sample_rate=SAMPLE_RATE)
         self._sse = sse
         self._first = first
         self._done = first is None
@@ -249,21 +253,23 @@ class _AudioBody:
         """Encoded bytes (maybe none while the codec holds some back); the flushed tail at the end."""
         if self._first is not None:
             chunk, self._first = self._first, None
-            return self._encode(chunk)
+            return await self._encode(chunk)
         if not self._done:
             try:
-                return self._encode(await anext(self._speech))
+                return await self._encode(await anext(self._speech))
             except StopAsyncIteration:
                 self._done = True
             except (VoxgateClientError, VoxgateConnectionError) as exc:
                 self._done = True
                 logger.warning("speech stream ended early after %d chunks: %s", self._speech.num_chunks, exc)
         self._flushed = True
-        return self._encoder.finish()
+        encoder = self._encoder_ready.result()
+        return await asyncio.wrap_future(self._thread.submit(encoder.finish))
 
-    def _encode(self, chunk: AudioChunk) -> bytes:
+    async def _encode(self, chunk: AudioChunk) -> bytes:
         pcm = np.frombuffer(chunk.data, dtype="<i2").astype(np.float32) / 32_767.0
-        return self._encoder.push(pcm)
+        encoder = await asyncio.wrap_future(self._encoder_ready)
+        return await asyncio.wrap_future(self._thread.submit(encoder.push, pcm))
 
     def _wrap(self, data: bytes) -> bytes:
         if not self._sse:
@@ -274,6 +280,7 @@ class _AudioBody:
         if self._closed:
             return
         self._closed = True
+        self._thread.shutdown(wait=False, cancel_futures=True)
         await _close(self._client, self._speech)
 
 
@@ -343,10 +350,9 @@ async def _speech(gateway: Gateway, request: HttpRequest) -> HttpResponse:
         await _close(client, speech)
         raise
     sse = req.stream_format == "sse"
-    encoder = StreamEncoder(req.response_format, sample_rate=SAMPLE_RATE)
     return HttpResponse(
         200,
-        body=_AudioBody(client, speech, first, encoder, sse=sse),
+        body=_AudioBody(client, speech, first, req.response_format, sse=sse),
         content_type="text/event-stream" if sse else RESPONSE_FORMATS[req.response_format],
     )
 

@@ -1,4 +1,4 @@
-"""``voxgate bench engine|load|soak``: benchmarks that write their results under ``benchmarks/results``."""
+"""``voxgate bench engine|load|soak|codecs``: benchmarks that write their results under ``benchmarks/results``."""
 
 from __future__ import annotations
 
@@ -8,9 +8,13 @@ from collections.abc import Sequence
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] not in ("engine", "load", "soak"):
-        print("usage: voxgate bench {engine,load,soak} [options]  (--help after the name for options)", file=sys.stderr)
+    if not argv or argv[0] not in ("engine", "load", "soak", "codecs"):
+        print("usage: voxgate bench {engine,load,soak,codecs} [options]  (--help after the name for options)", file=sys.stderr)
         return 2
+    if argv[0] == "codecs":
+        from gateway.bench.codecs import main as codecs_main
+
+        return codecs_main(argv[1:])
     if argv[0] == "soak":
         from gateway.bench.soak import main as soak_main
 
