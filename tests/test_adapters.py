@@ -399,3 +399,22 @@ async def test_protocol_v1_opus_frames_are_one_packet_each_and_bad_frame_lengths
     assert updated["settings"]["format"] == "opus"
     assert [h.sample_offset for h, _ in frames[:3]] == [0, 480, 960] and frames[-1][0].flags & 2
     assert expected <= decoded / 48_000 <= expected + 0.045
+
+
+@pytestmark_live
+async def test_elevenlabs_single_stream_speaks_ulaw_then_is_final_and_closes(port: int) -> None:
+    url = f"ws://127.0.0.1:{port}/v1/text-to-speech/v/stream-input?output_format=ulaw_8000&xi_api_key={TOKEN}"
+    audio, finals = b"", 0
+    async with connect(url) as ws:
+        await ws.send(orjson.dumps({"text": " ", "voice_settings": {"stability": 0.5}}).decode())
+        await ws.send(orjson.dumps({"text": TEXT + " ", "try_trigger_generation": True}).decode())
+        await ws.send(orjson.dumps({"text": ""}).decode())
+        async for raw in ws:  # ends when the server closes after isFinal
+            message = orjson.loads(raw)
+            audio += base64.b64decode(message["audio"]) if message.get("audio") else b""
+            finals += message.get("isFinal") is True
+        close_code = ws.close_code
+    expected = await reference_seconds(port)
+
+    assert finals == 1 and close_code == 1000
+    assert abs(len(audio) / 8_000 - expected) < 0.01
