@@ -54,6 +54,10 @@ def test_voice_ids_map_through_the_voice_map_then_engine_names_then_the_default(
     assert VOICES.resolve("af_heart") == "af_heart"
     assert VOICES.resolve("21m00Tcm4TlvDq8ikWAM") is None  # the session's default voice
     assert VoiceResolver(["a", "b"], voice_map={}, default_voice="b").resolve("unknown") == "b"
+    # Deepgram's model name: the whole name, then its voice part
+    resolver = VoiceResolver(["af_heart", "am_onyx"], voice_map={"thalia": "af_heart"}, default_voice="am_onyx")
+    assert DeepgramTranslator("model=aura-2-thalia-en", voices=resolver).voice == "af_heart"
+    assert DeepgramTranslator("model=aura-2-zeus-en", voices=resolver).voice == "am_onyx"
 
 
 @pytest.mark.parametrize(

@@ -72,14 +72,16 @@ class VoiceResolver:
         self.voice_map = dict(voice_map)
         self.default_voice = default_voice if default_voice in self.voices else None
 
-    def resolve(self, voice_id: str | None) -> str | None:
-        if not voice_id:
-            return self.default_voice
-        mapped = self.voice_map.get(voice_id.lower()) or self.voice_map.get(voice_id)
-        if mapped in self.voices:
-            return mapped
-        if voice_id in self.voices:
-            return voice_id
+    def resolve(self, *voice_ids: str | None) -> str | None:
+        """The first of ``voice_ids`` that the map or the engine knows, else the default voice."""
+        for voice_id in voice_ids:
+            if not voice_id:
+                continue
+            mapped = self.voice_map.get(voice_id.lower()) or self.voice_map.get(voice_id)
+            if mapped in self.voices:
+                return mapped
+            if voice_id in self.voices:
+                return voice_id
         return self.default_voice
 
 

@@ -66,7 +66,7 @@ class DeepgramTranslator(Translator):
             self.problem = "sample_rate must be 8000..48000 (8000 for mulaw)"
         # aura-2-thalia-en: the voice is the model's middle part, mapped like any vendor voice id.
         parts = self.model.split("-")
-        self.voice = voices.resolve(self.model) or (voices.resolve(parts[-2]) if len(parts) >= 3 else None)
+        self.voice = voices.resolve(self.model, parts[-2] if len(parts) >= 3 else None)
         self._queue: list[_Context] = []
         self._index_to_context: dict[int, _Context] = {}
         self._num_contexts = 0
