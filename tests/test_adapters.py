@@ -192,6 +192,19 @@ def test_deepgram_audio_leaves_in_flush_order_and_clear_drops_the_rest() -> None
     assert client_messages(dg) == [{"type": "Cleared", "sequence_id": 1}]
 
 
+def test_deepgram_an_utterance_the_session_refused_does_not_hold_back_the_next() -> None:
+    dg = DeepgramTranslator("", voices=VOICES)
+    send(dg, {"type": "Speak", "text": "x" * 10})
+    send(dg, {"type": "Flush"})
+    send(dg, {"type": "Speak", "text": "Next."})
+    send(dg, {"type": "Flush"})
+    dg.receive_event({"type": "error", "code": "text_too_long", "message": "too long", "context_id": "dg-0"})
+    dg.receive_event({"type": "error", "code": "unknown_context", "message": "no open context", "context_id": "dg-0"})
+    dg.receive_event({"type": "context.started", "context_id": "dg-1", "index": 0})
+    dg.receive_event(AudioEvent(0, 0, True, False, b"next"))
+    assert [m if isinstance(m, bytes) else m["type"] for m in client_messages(dg)] == ["Warning", "Warning", "Flushed", b"next"]
+
+
 def test_deepgram_bad_messages_get_warnings_and_bad_query_an_error() -> None:
     dg = DeepgramTranslator("", voices=VOICES)
     dg.receive_client("nope")

@@ -147,6 +147,10 @@ class DeepgramTranslator(Translator):
             self._drain()
         elif kind == "error":
             self._warn(str(event.get("message", "")))
+            if context is not None and event.get("code") == "unknown_context" and context.index is None:
+                # Its text was refused and its Flush found no context: it will never speak.
+                context.done = True
+                self._drain()
 
     def _drain(self) -> None:
         """Send audio of the oldest context; when it is done, ``Flushed`` and move on."""
