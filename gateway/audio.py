@@ -8,10 +8,13 @@ resampler sees one continuous signal and piece boundaries stay click-free.
 
 from __future__ import annotations
 
+import collections
 from typing import Final
 
 import numpy as np
 import soxr
+
+from gateway.codecs import PACKET_FORMATS, PacketEncoder
 
 __all__ = ["ContextEncoder", "encode_samples", "decode_samples", "ulaw_encode", "ulaw_decode", "ULAW_RATE"]
 
@@ -67,7 +70,11 @@ class ContextEncoder:
 
     Call ``push(audio)`` for each piece in order and ``finish()`` once at the end; both return
     float32 frames at the output rate (every frame full length except possibly the last one of
-    ``finish()``). ``encode(frame)`` gives the payload bytes.
+    ``finish()``). ``encode(frame)`` gives the payload bytes, for each frame in the order returned.
+
+    ``opus`` and ``mp3`` go through one ``PacketEncoder`` of this context: each frame is encoded
+    as it is cut (so the codec sees one continuous signal) and ``encode`` hands out its payload.
+    ``finish()`` then always returns at least one frame, the one carrying the flushed codec tail.
     """
 
     def __init__(self, *, audio_format: str, sample_rate: int, frame_ms: int, source_rate: int = 24_000) -> None:
@@ -81,6 +88,12 @@ class ContextEncoder:
         )
         self._pending = np.zeros(0, dtype=np.float32)
         self._finished = False
+        self._codec = (
+            PacketEncoder(audio_format, sample_rate=sample_rate, frame_ms=frame_ms)
+            if audio_format in PACKET_FORMATS
+            else None
+        )
+        self._payloads: collections.deque[bytes] = collections.deque()
 
     def push(self, audio: np.ndarray) -> list[np.ndarray]:
         """Add one piece's audio; returns the whole frames now available."""
@@ -89,7 +102,7 @@ class ContextEncoder:
         if self._resampler is not None:
             audio = self._resampler.resample_chunk(audio, last=False)
         self._pending = np.concatenate([self._pending, audio]) if self._pending.size else audio
-        return self._take_frames(final=False)
+        return self._encoded(self._take_frames(final=False))
 
     def finish(self) -> list[np.ndarray]:
         """Flush the resampler and return the remaining frames (the last one may be short)."""
@@ -99,10 +112,24 @@ class ContextEncoder:
         if self._resampler is not None:
             tail = self._resampler.resample_chunk(np.zeros(0, dtype=np.float32), last=True)
             self._pending = np.concatenate([self._pending, tail])
-        return self._take_frames(final=True)
+        if self._codec is None:
+            return self._take_frames(final=True)
+        frames = self._encoded(self._take_frames(final=False))
+        rest, self._pending = self._pending, self._pending[:0]
+        for samples, payload in self._codec.finish(rest):
+            frames.append(samples)
+            self._payloads.append(payload)
+        return frames
 
     def encode(self, frame: np.ndarray) -> bytes:
+        if self._codec is not None:
+            return self._payloads.popleft()
         return encode_samples(frame, self.audio_format)
+
+    def _encoded(self, frames: list[np.ndarray]) -> list[np.ndarray]:
+        if self._codec is not None:
+            self._payloads.extend(self._codec.encode(frame) for frame in frames)
+        return frames
 
     def _take_frames(self, *, final: bool) -> list[np.ndarray]:
         n = self.frame_samples

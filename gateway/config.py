@@ -31,6 +31,7 @@ __all__ = [
     "SchedulerConfig",
     "EngineConfig",
     "DanmakuConfig",
+    "CompatConfig",
     "Config",
     "ConfigError",
     "load_config",
@@ -212,6 +213,18 @@ class DanmakuConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class CompatConfig:
+    """The OpenAI, ElevenLabs, Cartesia and Deepgram compatible endpoints (docs/compat.md)."""
+
+    #: Voice for names that are not engine voices (OpenAI names without a match, vendor voice ids).
+    #: Empty: the session's default voice.
+    default_voice: str = ""
+    #: "name=engine_voice" entries (e.g. "alloy=af_bella", "21m00Tcm4TlvDq8ikWAM=af_heart") that win
+    #: over the automatic mapping.
+    voice_map: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     session: SessionConfig = field(default_factory=SessionConfig)
@@ -219,6 +232,7 @@ class Config:
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
     danmaku: DanmakuConfig = field(default_factory=DanmakuConfig)
+    compat: CompatConfig = field(default_factory=CompatConfig)
 
     def replace(self, overrides: Mapping[str, Any]) -> Config:
         """A copy with dotted-key overrides (``{"server.port": 0}``) applied and validated."""

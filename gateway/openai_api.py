@@ -1,23 +1,29 @@
-"""OpenAI-compatible speech over HTTP: ``POST /v1/audio/speech`` and ``GET /v1/models``.
+"""OpenAI-compatible speech over HTTP: ``POST /v1/audio/speech``, ``GET /v1/models``, and the
+``GET /v1/audio/models`` / ``GET /v1/audio/voices`` lists that Open WebUI reads from a non-OpenAI base.
 
 Lets OpenAI SDKs and tools talk to voxgate (``OpenAI(base_url="http://HOST:PORT/v1")``). Each request
 is one in-process session (``Gateway.open_local_session`` through ``VoxgateClient.local``), so it
 goes through the same G2P, segmenter, scheduler and limits as a WebSocket session, and its audio is
-streamed as a chunked response while the engine produces it.
+encoded (``gateway.codecs``, one encoder per request) and streamed as the engine produces it.
 
 Request body (JSON), and how it maps:
 
-- ``model``: accepted and ignored ("tts-1", "tts-1-hd", "kokoro", anything): there is one engine.
+- ``model``: ``tts-1``, ``tts-1-hd``, ``gpt-4o-mini-tts``, ``kokoro`` or anything else: accepted, one
+  engine serves them all.
 - ``input``: required, non-empty, at most ``session.max_text_chars_per_context`` characters.
 - ``voice``: an engine voice (e.g. "af_heart"), or one of OpenAI's names ("alloy", "nova", ...). An
-  OpenAI name maps to the engine voice that ends in ``_<name>`` when there is one (Kokoro ships
-  ``af_alloy``, ``af_nova``, ``am_echo``, ``am_onyx``, ``bm_fable``...), else to the session's default
-  voice, so OpenAI clients work unchanged whatever voices are installed. Missing: the default voice.
-- ``response_format``: ``wav`` (the default here; OpenAI's default, mp3, is not supported) or ``pcm``
-  (raw 16-bit little-endian mono at 24 kHz, as OpenAI's ``pcm``). Others get a 400.
+  OpenAI name maps through ``compat.voice_map`` first, then to the engine voice that ends in
+  ``_<name>`` (Kokoro ships ``af_alloy``, ``af_nova``, ``am_echo``, ``am_onyx``, ``bm_fable``...),
+  else to ``compat.default_voice`` (empty: the session's default), so OpenAI clients work unchanged
+  whatever voices are installed. An object ``{"id": ...}`` (OpenAI's custom voices) uses its id.
+- ``response_format``: ``mp3`` (the default, as OpenAI's), ``opus`` (Ogg), ``aac`` (ADTS), ``flac``,
+  ``wav`` or ``pcm`` (raw 16-bit little-endian mono at 24 kHz, as OpenAI's ``pcm``).
 - ``speed``: OpenAI accepts 0.25-4.0, the engine 0.5-2.0: values in OpenAI's range are clamped to
   ours (a request valid for OpenAI never fails here); values outside it get a 400.
-- ``stream_format``, ``instructions``: ignored (the response always streams raw audio).
+- ``instructions``: accepted and ignored (Kokoro has no style prompt).
+- ``stream_format``: ``audio`` (the default: the encoded file, streamed) or ``sse``, answered as
+  OpenAI does: ``text/event-stream`` of ``speech.audio.delta`` events (base64 ``audio`` in the
+  requested ``response_format``) then one ``speech.audio.done`` with ``usage``.
 
 WAV is streamed with the "unknown length" sizes (0xFFFFFFFF in the RIFF and data headers) that
 streaming WAV writers use; readers take the data up to the end of the stream. Errors found before
@@ -27,16 +33,21 @@ the first audio get an HTTP error in OpenAI's shape (``{"error": {"message", "ty
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import concurrent.futures
 import contextlib
 import logging
 import math
-import struct
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
+import numpy as np
 import orjson
 
 from gateway.client import AudioChunk, Speech, VoxgateClient, VoxgateClientError, VoxgateConnectionError
+from gateway.codecs import HTTP_FORMATS, StreamEncoder, streaming_wav_header
 from gateway.http import HttpRequest, HttpResponse
 from gateway.protocol import SPEED_RANGE
 
@@ -46,10 +57,13 @@ if TYPE_CHECKING:
 __all__ = [
     "OPENAI_VOICES",
     "RESPONSE_FORMATS",
+    "STREAM_FORMATS",
     "MODEL_ID",
+    "MODEL_IDS",
     "ApiError",
     "SpeechRequest",
     "parse_speech_request",
+    "parse_voice_map",
     "resolve_voice",
     "streaming_wav_header",
     "register",
@@ -58,11 +72,15 @@ __all__ = [
 logger = logging.getLogger("voxgate.openai")
 
 MODEL_ID: Final = "kokoro"
+#: Model names clients send; all are served by the one engine.
+MODEL_IDS: Final = ("kokoro", "tts-1", "tts-1-hd", "gpt-4o-mini-tts")
 OPENAI_VOICES: Final = (
     "alloy", "ash", "ballad", "cedar", "coral", "echo", "fable", "marin", "nova", "onyx", "sage", "shimmer", "verse",
 )  # fmt: skip
 #: response_format -> Content-Type.
-RESPONSE_FORMATS: Final = {"wav": "audio/wav", "pcm": "audio/pcm"}
+RESPONSE_FORMATS: Final = {name: spec[0] for name, spec in HTTP_FORMATS.items()}
+DEFAULT_RESPONSE_FORMAT: Final = "mp3"
+STREAM_FORMATS: Final = ("audio", "sse")
 OPENAI_SPEED_RANGE: Final = (0.25, 4.0)
 SAMPLE_RATE: Final = 24_000
 #: Frames of 100 ms: a tenth of the HTTP chunks of the WebSocket default, same first-audio latency.
@@ -99,6 +117,11 @@ class SpeechRequest:
     voice: str | None
     response_format: str
     speed: float
+    stream_format: str = "audio"
+
+
+def _shown(value: object) -> str:
+    return repr(value) if isinstance(value, str) and len(value) <= 20 else type(value).__name__
 
 
 def parse_speech_request(body: bytes, *, max_chars: int) -> SpeechRequest:
@@ -117,16 +140,32 @@ def parse_speech_request(body: bytes, *, max_chars: int) -> SpeechRequest:
             400, f"'input' is over {max_chars} characters", param="input", code="string_above_max_length"
         )
     voice = data.get("voice")
+    if isinstance(voice, dict):  # OpenAI's custom voice object: {"id": "voice_..."}
+        voice = voice.get("id")
     if voice is not None and (not isinstance(voice, str) or not voice):
         raise ApiError(400, "'voice' must be a string", param="voice", code="invalid_value")
+    model = data.get("model")
+    if model is not None and not isinstance(model, str):
+        raise ApiError(400, "'model' must be a string", param="model", code="invalid_value")
+    instructions = data.get("instructions")
+    if instructions is not None and not isinstance(instructions, str):
+        raise ApiError(400, "'instructions' must be a string", param="instructions", code="invalid_value")
     fmt = data.get("response_format")
-    fmt = "wav" if fmt is None else fmt
+    fmt = DEFAULT_RESPONSE_FORMAT if fmt is None else fmt
     if fmt not in RESPONSE_FORMATS:
-        shown = fmt if isinstance(fmt, str) and len(fmt) <= 20 else type(fmt).__name__
         raise ApiError(
             400,
-            f"response_format {shown!r} is not supported; use one of: {', '.join(RESPONSE_FORMATS)}",
+            f"response_format {_shown(fmt)} is not supported; use one of: {', '.join(RESPONSE_FORMATS)}",
             param="response_format",
+            code="unsupported_value",
+        )
+    stream_format = data.get("stream_format")
+    stream_format = "audio" if stream_format is None else stream_format
+    if stream_format not in STREAM_FORMATS:
+        raise ApiError(
+            400,
+            f"stream_format {_shown(stream_format)} is not supported; use one of: {', '.join(STREAM_FORMATS)}",
+            param="stream_format",
             code="unsupported_value",
         )
     speed = data.get("speed", 1.0)
@@ -135,17 +174,37 @@ def parse_speech_request(body: bytes, *, max_chars: int) -> SpeechRequest:
         raise ApiError(400, f"'speed' must be a number in {lo}..{hi}", param="speed", code="invalid_value")
     # OpenAI's range is wider than the engine's: clamp, so requests valid for OpenAI work here.
     speed = min(max(float(speed), SPEED_RANGE[0]), SPEED_RANGE[1])
-    return SpeechRequest(input=text, voice=voice, response_format=fmt, speed=speed)
+    return SpeechRequest(input=text, voice=voice, response_format=fmt, speed=speed, stream_format=stream_format)
 
 
-def resolve_voice(voice: str | None, voices: list[str]) -> str | None:
+def parse_voice_map(entries: Sequence[str]) -> dict[str, str]:
+    """``compat.voice_map`` entries (``"alloy=af_bella"``) as a dict keyed by lower-case name."""
+    mapping: dict[str, str] = {}
+    for entry in entries:
+        name, sep, voice = entry.partition("=")
+        if sep and name.strip() and voice.strip():
+            mapping[name.strip().lower()] = voice.strip()
+    return mapping
+
+
+def resolve_voice(
+    voice: str | None,
+    voices: Sequence[str],
+    *,
+    voice_map: Mapping[str, str] | None = None,
+    default_voice: str = "",
+) -> str | None:
     """The engine voice for a requested one; None means the session's default voice. Raises
     ``ApiError`` for a name that is neither an engine voice nor an OpenAI voice."""
     if voice is None or voice in voices:
         return voice
     name = voice.lower()
+    mapped = (voice_map or {}).get(name)
+    if mapped in voices:
+        return mapped
     if name in OPENAI_VOICES:
-        return next((v for v in voices if v.lower().endswith("_" + name)), None)
+        match = next((v for v in voices if v.lower().endswith("_" + name)), None)
+        return match or (default_voice if default_voice in voices else None)
     raise ApiError(
         400,
         f"unknown voice {voice[:64]!r}; use one of {', '.join(voices)} or an OpenAI voice name",
@@ -154,55 +213,79 @@ def resolve_voice(voice: str | None, voices: list[str]) -> str | None:
     )
 
 
-def streaming_wav_header(sample_rate: int, *, channels: int = 1, sample_width: int = 2) -> bytes:
-    """A 44-byte PCM WAV header for a stream of unknown length (RIFF and data sizes 0xFFFFFFFF)."""
-    unknown = 0xFFFF_FFFF
-    return struct.pack(
-        "<4sI4s4sIHHIIHH4sI",
-        b"RIFF", unknown, b"WAVE",
-        b"fmt ", 16, 1, channels, sample_rate, sample_rate * channels * sample_width, channels * sample_width,
-        8 * sample_width,
-        b"data", unknown,
-    )  # fmt: skip
-
-
 class _AudioBody:
-    """The streamed response body: header, the first chunk (already read to surface early errors
-    as HTTP errors), then the rest. ``aclose()`` always ends the session, even if iteration never
-    started (the HTTP layer calls it when the client goes away)."""
+    """The streamed response body: the first chunk (already read to surface early errors as HTTP
+    errors), then the rest, each encoded by this request's own encoder on this request's own
+    thread, then the encoder's flushed tail. ``aclose()`` always ends the
+    session, even if iteration never started (the HTTP layer calls it when the client goes away).
+    With ``sse`` each piece is wrapped in a ``speech.audio.delta`` event."""
 
-    def __init__(self, client: VoxgateClient, speech: Speech, first: AudioChunk | None, header: bytes) -> None:
+    def __init__(self, client: VoxgateClient, speech: Speech, first: AudioChunk | None, audio_format: str, *, sse: bool) -> None:
         self._client = client
         self._speech = speech
-        self._pending: list[bytes] = [header] if header else []
-        if first is not None:
-            self._pending.append(first.data)
+        # The request's own encoding thread: its encoder is created, fed and flushed there only, and
+        # mp3/AAC/Opus work (tens of ms per second of audio, benchmarks/results/codecs-vm.md) stays
+        # off the event loop.
+        self._thread = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="voxgate-encode")
+        self._encoder_ready = self._thread.submit(StreamEncoder, audio_format, sample_rate=SAMPLE_RATE)
+        self._sse = sse
+        self._first = first
         self._done = first is None
+        self._flushed = False
+        self._sent_done = False
         self._closed = False
 
     def __aiter__(self) -> _AudioBody:
         return self
 
     async def __anext__(self) -> bytes:
-        if self._pending:
-            return self._pending.pop(0)
+        while not self._flushed:
+            data = await self._next_audio()
+            if data:
+                return self._wrap(data)
+        if self._sse and not self._sent_done:
+            self._sent_done = True
+            return _sse_event({"type": "speech.audio.done", "usage": {"input_tokens": 0, "output_tokens": 0, "total_tokens": 0}})
+        await self.aclose()
+        raise StopAsyncIteration
+
+    async def _next_audio(self) -> bytes:
+        """Encoded bytes (maybe none while the codec holds some back); the flushed tail at the end."""
+        if self._first is not None:
+            chunk, self._first = self._first, None
+            return await self._encode(chunk)
         if not self._done:
             try:
-                chunk = await anext(self._speech)
-                return chunk.data
+                return await self._encode(await anext(self._speech))
             except StopAsyncIteration:
                 self._done = True
             except (VoxgateClientError, VoxgateConnectionError) as exc:
                 self._done = True
                 logger.warning("speech stream ended early after %d chunks: %s", self._speech.num_chunks, exc)
-        await self.aclose()
-        raise StopAsyncIteration
+        self._flushed = True
+        encoder = self._encoder_ready.result()
+        return await asyncio.wrap_future(self._thread.submit(encoder.finish))
+
+    async def _encode(self, chunk: AudioChunk) -> bytes:
+        pcm = np.frombuffer(chunk.data, dtype="<i2").astype(np.float32) / 32_767.0
+        encoder = await asyncio.wrap_future(self._encoder_ready)
+        return await asyncio.wrap_future(self._thread.submit(encoder.push, pcm))
+
+    def _wrap(self, data: bytes) -> bytes:
+        if not self._sse:
+            return data
+        return _sse_event({"type": "speech.audio.delta", "audio": base64.b64encode(data).decode("ascii")})
 
     async def aclose(self) -> None:
         if self._closed:
             return
         self._closed = True
+        self._thread.shutdown(wait=False, cancel_futures=True)
         await _close(self._client, self._speech)
+
+
+def _sse_event(event: dict[str, object]) -> bytes:
+    return b"data: " + orjson.dumps(event) + b"\n\n"
 
 
 async def _close(client: VoxgateClient, speech: Speech | None) -> None:
@@ -213,8 +296,19 @@ async def _close(client: VoxgateClient, speech: Speech | None) -> None:
 
 
 async def _models(gateway: Gateway, request: HttpRequest) -> HttpResponse:
-    model = {"id": MODEL_ID, "object": "model", "created": 0, "owned_by": "voxgate"}
-    return HttpResponse.json(200, {"object": "list", "data": [model]})
+    models = [{"id": model, "object": "model", "created": 0, "owned_by": "voxgate"} for model in MODEL_IDS]
+    return HttpResponse.json(200, {"object": "list", "data": models})
+
+
+async def _audio_models(gateway: Gateway, request: HttpRequest) -> HttpResponse:
+    return HttpResponse.json(200, {"models": [{"id": model, "name": model} for model in MODEL_IDS]})
+
+
+async def _audio_voices(gateway: Gateway, request: HttpRequest) -> HttpResponse:
+    engine_voices = gateway.engine.voices() if gateway.engine is not None else []
+    voices = [{"id": voice, "name": voice} for voice in engine_voices]
+    voices += [{"id": name, "name": f"{name} (OpenAI name)"} for name in OPENAI_VOICES if name not in engine_voices]
+    return HttpResponse.json(200, {"voices": voices})
 
 
 async def _speech(gateway: Gateway, request: HttpRequest) -> HttpResponse:
@@ -233,9 +327,12 @@ async def _speech(gateway: Gateway, request: HttpRequest) -> HttpResponse:
         max_chars_per_s=session.max_chars_per_s or None,
     )
     speech: Speech | None = None
+    compat = gateway.config.compat
     try:
         await client.connect()
-        voice = resolve_voice(req.voice, client.voices)
+        voice = resolve_voice(
+            req.voice, client.voices, voice_map=parse_voice_map(compat.voice_map), default_voice=compat.default_voice
+        )
         speech = client.speak(req.input, voice=voice, speed=req.speed)
         # Wait for the first audio, so that errors before it are HTTP errors, not a cut stream.
         first: AudioChunk | None = await anext(speech, None)
@@ -252,11 +349,11 @@ async def _speech(gateway: Gateway, request: HttpRequest) -> HttpResponse:
     except BaseException:
         await _close(client, speech)
         raise
-    header = streaming_wav_header(SAMPLE_RATE) if req.response_format == "wav" else b""
+    sse = req.stream_format == "sse"
     return HttpResponse(
         200,
-        body=_AudioBody(client, speech, first, header),
-        content_type=RESPONSE_FORMATS[req.response_format],
+        body=_AudioBody(client, speech, first, req.response_format, sse=sse),
+        content_type="text/event-stream" if sse else RESPONSE_FORMATS[req.response_format],
     )
 
 
@@ -273,14 +370,18 @@ def _client_error(exc: VoxgateClientError) -> ApiError:
 
 
 def register(gateway: Gateway) -> None:
-    """Add ``POST /v1/audio/speech`` and ``GET /v1/models`` to ``gateway.extra_routes`` (the
-    gateway applies its bearer-token check to them)."""
+    """Add the routes to ``gateway.extra_routes`` (the gateway applies its bearer-token check to
+    them), each also without the ``/v1`` prefix for clients configured with a bare base URL."""
+    handlers = {
+        ("POST", "/v1/audio/speech"): _speech,
+        ("GET", "/v1/models"): _models,
+        ("GET", "/v1/audio/models"): _audio_models,
+        ("GET", "/v1/audio/voices"): _audio_voices,
+    }
+    for (method, path), handler in handlers.items():
 
-    async def speech(request: HttpRequest) -> HttpResponse:
-        return await _speech(gateway, request)
+        async def route(request: HttpRequest, handler=handler) -> HttpResponse:  # type: ignore[no-untyped-def]
+            return await handler(gateway, request)
 
-    async def models(request: HttpRequest) -> HttpResponse:
-        return await _models(gateway, request)
-
-    gateway.extra_routes[("POST", "/v1/audio/speech")] = speech
-    gateway.extra_routes[("GET", "/v1/models")] = models
+        gateway.extra_routes[(method, path)] = route
+        gateway.extra_routes[(method, path.removeprefix("/v1"))] = route

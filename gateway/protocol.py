@@ -37,7 +37,7 @@ __all__ = [
 ]
 
 PROTOCOL_VERSION: Final = "v1"
-AUDIO_FORMATS: Final = ("pcm_s16le", "pcm_f32le", "ulaw")
+AUDIO_FORMATS: Final = ("pcm_s16le", "pcm_f32le", "ulaw", "opus", "mp3")
 # seq u32, context index u32, sample offset u32, flags u16, reserved u16: little-endian, 16 bytes.
 FRAME_HEADER: Final = struct.Struct("<IIIHH")
 MAX_CONTEXT_ID_CHARS: Final = 128

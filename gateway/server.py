@@ -28,6 +28,7 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from gateway.adapters import adapter_refusal, find_adapter, serve_adapter
 from gateway.config import Config
 from gateway.engines import Engine, SynthesisItem, create_engine
 from gateway.engines.worker import EngineWorker, G2PWorker
@@ -253,9 +254,13 @@ class Gateway:
 
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         path, _, query = request.path.partition("?")
-        if path != STREAM_PATH:
+        adapter = find_adapter(path)  # vendor-compatible endpoints (gateway/adapters)
+        if path != STREAM_PATH and adapter is None:
             return connection.respond(404, f"WebSocket endpoint is {STREAM_PATH}\n")
-        refusal = self._check_access(request.headers, parse_qs(query))
+        if adapter is not None:
+            refusal = adapter_refusal(adapter, self.config.server, request.headers, parse_qs(query))
+        else:
+            refusal = self._check_access(request.headers, parse_qs(query))
         if refusal is not None:
             status, text = refusal
             self.metrics.sessions_refused.labels(reason=str(status)).inc()
@@ -284,6 +289,10 @@ class Gateway:
 
     async def _handle_ws(self, ws: ServerConnection) -> None:
         query = ws.request.path.partition("?")[2] if ws.request is not None else ""
+        adapter = find_adapter(ws.request.path.partition("?")[0]) if ws.request is not None else None
+        if adapter is not None:
+            await serve_adapter(self, ws, adapter)
+            return
         await self._serve_session(ws, query)
 
     @contextlib.asynccontextmanager

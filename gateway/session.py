@@ -29,10 +29,12 @@ import numpy as np
 
 from gateway.alignment import piece_alignment
 from gateway.audio import ULAW_RATE, ContextEncoder
+from gateway.codecs import check_packet_format
 from gateway.config import SegmenterConfig, SessionConfig
 from gateway.engines.base import SAMPLE_RATE, SynthesisResult
 from gateway.errors import CloseCode, InvalidState, LimitExceeded, ProtocolError, VoxgateError
 from gateway.protocol import (
+    AUDIO_FORMATS,
     PROTOCOL_VERSION,
     CancelMessage,
     ClientMessage,
@@ -442,7 +444,7 @@ class Session:
             "audio": {"format": self.settings.format, "sample_rate": self.settings.sample_rate, "channels": 1},
             "voices": self.voices,
             "langs": self.langs,
-            "formats": ["pcm_s16le", "pcm_f32le", "ulaw"],
+            "formats": list(AUDIO_FORMATS),
             "settings": self.settings.as_dict(),
         }
 
@@ -480,6 +482,9 @@ class Session:
         settings = replace(self.settings, **changes)
         if settings.format == "ulaw":
             settings = replace(settings, sample_rate=ULAW_RATE)
+        problem = check_packet_format(settings.format, settings.sample_rate, settings.frame_ms)
+        if problem is not None:
+            raise ProtocolError(problem, code="bad_field")
         self.settings = settings
         self._enqueue_message(None, lambda: {"type": "session.updated", "settings": settings.as_dict()})
 

@@ -17,7 +17,8 @@ import pytest
 import pytest_asyncio
 
 from gateway.client import VoxgateClient
-from gateway.openai_api import resolve_voice, streaming_wav_header
+from gateway.codecs import decode_bytes
+from gateway.openai_api import OPENAI_VOICES, resolve_voice, streaming_wav_header
 from tests.utils import run_server
 
 openai = pytest.importorskip("openai")
@@ -132,8 +133,10 @@ def test_openai_voice_names_map_to_a_matching_engine_voice_or_the_default() -> N
 @pytest.mark.parametrize(
     ("body", "param"),
     [
-        ({"model": "tts-1", "input": TEXT, "voice": "alloy", "response_format": "mp3"}, "response_format"),
-        ({"model": "tts-1", "input": TEXT, "response_format": "opus"}, "response_format"),
+        ({"model": "tts-1", "input": TEXT, "voice": "alloy", "response_format": "m4a"}, "response_format"),
+        ({"model": "tts-1", "input": TEXT, "response_format": 3}, "response_format"),
+        ({"model": "tts-1", "input": TEXT, "stream_format": "websocket"}, "stream_format"),
+        ({"model": "tts-1", "input": TEXT, "instructions": 7}, "instructions"),
         ({"model": "tts-1", "voice": "alloy"}, "input"),
         ({"model": "tts-1", "input": "   ", "voice": "alloy"}, "input"),
         ({"model": "tts-1", "input": "x" * (MAX_CHARS + 1), "voice": "alloy"}, "input"),
@@ -157,7 +160,7 @@ async def test_bad_requests_get_a_400_in_openais_error_shape(port: int, body: An
 
 async def test_the_sdk_raises_its_bad_request_error_for_an_unsupported_format(port: int) -> None:
     def create() -> None:
-        sdk(port).audio.speech.create(model="tts-1", voice="alloy", input=TEXT, response_format="mp3")
+        sdk(port).audio.speech.create(model="tts-1", voice="alloy", input=TEXT, response_format="m4a")  # type: ignore[arg-type]
 
     with pytest.raises(openai.BadRequestError, match="response_format"):
         await asyncio.to_thread(create)
@@ -166,7 +169,7 @@ async def test_the_sdk_raises_its_bad_request_error_for_an_unsupported_format(po
 async def test_models_lists_one_model(port: int) -> None:
     page = await asyncio.to_thread(lambda: sdk(port).models.list())
 
-    assert [model.id for model in page.data] == ["kokoro"]
+    assert [model.id for model in page.data] == ["kokoro", "tts-1", "tts-1-hd", "gpt-4o-mini-tts"]
 
 
 async def test_a_client_that_hangs_up_mid_stream_ends_its_session(port: int) -> None:
@@ -199,7 +202,7 @@ async def test_the_bearer_token_guards_the_openai_routes() -> None:
 
         audio, refused = await asyncio.to_thread(calls)
 
-    assert audio[:4] == b"RIFF" and len(audio) > 44
+    assert audio[:3] == b"ID3" and len(audio) > 44  # mp3, the default
     assert refused is openai.AuthenticationError
 
 
@@ -226,3 +229,73 @@ async def test_the_speech_endpoint_accepts_a_token_with_url_special_characters_i
 
         assert await asyncio.to_thread(post, "") == 401
         assert await asyncio.to_thread(post, "?token=" + urllib.parse.quote(token)) == 200
+
+
+CONTENT_TYPES = {
+    "mp3": "audio/mpeg", "opus": "audio/ogg", "aac": "audio/aac", "flac": "audio/flac", "wav": "audio/wav", "pcm": "audio/pcm",
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("fmt", [None, *CONTENT_TYPES])
+async def test_every_response_format_through_the_sdk_decodes_to_the_length_of_the_same_speech(
+    port: int, fmt: str | None
+) -> None:
+    def create() -> tuple[bytes, str]:
+        extra = {} if fmt is None else {"response_format": fmt}
+        with sdk(port).audio.speech.with_streaming_response.create(
+            model="gpt-4o-mini-tts", voice="coral", input=TEXT, instructions="Speak cheerfully.", **extra
+        ) as response:
+            return response.read(), response.headers["content-type"]
+
+    body, content_type = await asyncio.to_thread(create)
+    reference = pcm_to_float(await websocket_pcm(port, TEXT))
+
+    assert content_type == CONTENT_TYPES[fmt or "mp3"]  # omitted means mp3, as at OpenAI
+    if fmt == "pcm":
+        samples, rate = pcm_to_float(body), 24_000
+    else:
+        samples, rate = decode_bytes(body, audio_format=fmt or "mp3")
+    expected_s = len(reference) / 24_000
+    # Codec priming and padding add a few codec frames at most.
+    assert expected_s - 0.01 <= len(samples) / rate <= expected_s + 0.1
+
+
+async def test_sse_stream_format_answers_speech_audio_delta_events_then_done(port: int) -> None:
+    status, headers, body = await asyncio.to_thread(
+        post, port, {"model": "gpt-4o-mini-tts", "input": TEXT, "voice": "alloy", "response_format": "pcm", "stream_format": "sse"}
+    )
+    reference = await websocket_pcm(port, TEXT)
+
+    assert status == 200 and headers["Content-Type"] == "text/event-stream"
+    events = [orjson.loads(line[6:]) for line in body.split(b"\n\n") if line.startswith(b"data: ")]
+    assert [e["type"] for e in events[:-1]] == ["speech.audio.delta"] * (len(events) - 1) and len(events) > 2
+    assert events[-1]["type"] == "speech.audio.done" and "usage" in events[-1]
+    import base64
+
+    assert_same_audio(b"".join(base64.b64decode(e["audio"]) for e in events[:-1]), reference)
+
+
+async def test_every_openai_voice_name_is_accepted_and_spoken(port: int) -> None:
+    for voice in OPENAI_VOICES:
+        status, _, body = await asyncio.to_thread(
+            post, port, {"model": "tts-1", "input": "Hi.", "voice": voice, "response_format": "pcm"}
+        )
+        assert status == 200 and len(body) > 0, voice
+
+
+def test_the_voice_map_and_default_voice_are_used_for_openai_names() -> None:
+    voices = ["af_heart", "af_nova", "am_onyx"]
+    assert resolve_voice("nova", voices, voice_map={"nova": "am_onyx"}) == "am_onyx"
+    assert resolve_voice("alloy", voices, default_voice="af_nova") == "af_nova"
+    assert resolve_voice("alloy", voices, default_voice="not_installed") is None
+
+
+async def test_open_webui_lists_come_with_and_without_the_v1_prefix(port: int) -> None:
+    for prefix in ("/v1", ""):
+        models = orjson.loads(await asyncio.to_thread(http_get, port, f"{prefix}/audio/models"))
+        voices = orjson.loads(await asyncio.to_thread(http_get, port, f"{prefix}/audio/voices"))
+        assert {"tts-1", "kokoro"} <= {m["id"] for m in models["models"]}
+        ids = [v["id"] for v in voices["voices"]]
+        assert set(OPENAI_VOICES) <= set(ids) and all(set(v) == {"id", "name"} for v in voices["voices"])
+    status, headers, body = await asyncio.to_thread(post, port, {"input": "Hi.", "voice": "alloy"}, "/audio/speech")
+    assert status == 200 and headers["Content-Type"] == "audio/mpeg" and len(body) > 0

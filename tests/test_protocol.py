@@ -57,7 +57,7 @@ def test_flush_cancel_and_update_parse() -> None:
         ('{"type":"text","context_id":"c","text":"x","speed":9}', "bad_field"),
         ('{"type":"text","context_id":"c","text":"x","speed":true}', "bad_field"),
         ('{"type":"session.update","sample_rate":96000}', "bad_field"),
-        ('{"type":"session.update","format":"mp3"}', "bad_field"),
+        ('{"type":"session.update","format":"aac"}', "bad_field"),
         ('{"type":"flush","context_id":"c","final":"yes"}', "bad_field"),
         ('{"type":"text","context_id":"c","text":"x","ttl_ms":0}', "bad_field"),
     ],

@@ -317,3 +317,29 @@ async def test_sessions_each_hear_only_their_own_audio(base_url: str, browser: A
         assert page.errors == []
     finally:
         await context.close()
+
+
+async def test_opus_frames_decode_with_webcodecs_and_play(base_url: str, browser: Any) -> None:
+    """The demo offers opus where the browser has WebCodecs, and plays it as long as s16le."""
+    context, page = await open_page(browser, f"{base_url}/")
+    try:
+        p = page.page
+        if not await p.evaluate("typeof AudioDecoder !== 'undefined'"):
+            pytest.skip("this Chromium has no WebCodecs AudioDecoder")
+        options = await p.eval_on_selector_all("#format option", "els => els.map(e => e.value)")
+        assert "opus" in options and "mp3" not in options
+        await p.fill("#text", "Short and clear.")
+        for n, fmt in enumerate(["pcm_s16le", "opus"], start=1):
+            await p.select_option("#format", fmt)
+            await page.wait(f"voxgateDemo.main.settings.format === {fmt!r}")
+            await p.click("#speak")
+            await page.wait(drained("voxgateDemo.main", f"c{n}"))
+        s = await page.state()
+        pcm, opus = s["contexts"]["c1"], s["contexts"]["c2"]
+        assert opus["sampleRate"] == 48_000
+        pcm_s, opus_s = pcm["samples"] / pcm["sampleRate"], opus["samples"] / opus["sampleRate"]
+        # Opus adds its lookahead and pads the last frame: at most two 20 ms frames more.
+        assert pcm_s <= opus_s <= pcm_s + 0.045, (pcm_s, opus_s)
+        assert s["errors"] == [] and page.errors == []
+    finally:
+        await context.close()

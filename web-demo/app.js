@@ -837,7 +837,9 @@ async function connectMain() {
   try {
     const created = await main.open();
     fillSelect(ui.voice, created.voices ?? [], created.settings?.voice);
-    fillSelect(ui.format, created.formats ?? ['pcm_s16le'], created.settings?.format);
+    // mp3 frames only make sense as one stream (not playable frame by frame); opus needs WebCodecs.
+    const playable = (created.formats ?? ['pcm_s16le']).filter((f) => f !== 'mp3' && (f !== 'opus' || typeof AudioDecoder !== 'undefined'));
+    fillSelect(ui.format, playable, created.settings?.format);
     applySettingsToUi(main.client.settings);
     transcript.reset('Press Speak to hear the text above.');
   } catch {

@@ -570,7 +570,10 @@ export class VoxgateClient extends EventTarget {
       case 'context.done': {
         const ctx = this.contexts.get(msg.context_id);
         if (ctx && ctx.state !== 'cancelled') ctx.state = 'done';
-        this._emit('contextDone', { ...msg, samples: ctx?.samples ?? 0, checksum: ctx?.checksum ?? null });
+        const emitDone = () => this._emit('contextDone', { ...msg, samples: ctx?.samples ?? 0, checksum: ctx?.checksum ?? null });
+        // Opus samples come out of WebCodecs asynchronously: "done" only after the last of them.
+        if (ctx?.opus) ctx.opus.drained.then(emitDone);
+        else emitDone();
         break;
       }
       case 'cancelled': {
@@ -632,6 +635,10 @@ export class VoxgateClient extends EventTarget {
       this.stats.discardedFrames++;
       return;
     }
+    if (ctx.format === 'opus') {
+      this._onOpusFrame(ctx, header, buffer);
+      return;
+    }
     let frame;
     try {
       frame = decodeFrame(buffer, ctx.format);
@@ -650,5 +657,74 @@ export class VoxgateClient extends EventTarget {
       flags: frame.flags, first: frame.first, last: frame.last, samples: frame.samples,
       sampleRate: ctx.sampleRate, format: ctx.format, payload: frame.payload,
     });
+  }
+
+  /** An Opus frame: bookkeeping now, samples when WebCodecs has decoded the packet (in order). */
+  _onOpusFrame(ctx, header, buffer) {
+    const view = toDataView(buffer);
+    const payload = new Uint8Array(view.buffer, view.byteOffset + HEADER_BYTES, view.byteLength - HEADER_BYTES);
+    if (ctx.firstAudioAt === null) ctx.firstAudioAt = performance.now();
+    ctx.frames++;
+    ctx.checksum = fnv1a(payload, ctx.checksum);
+    ctx.lastSeq = header.seq;
+    if (!ctx.opus) {
+      try {
+        ctx.opus = new OpusFrameDecoder(
+          (samples, sampleRate, h) => {
+            if (ctx.localCancel || ctx.state === 'cancelled') return;
+            ctx.samples += samples.length;
+            this._emit('audio', {
+              seq: h.seq, contextId: ctx.contextId, contextIndex: h.contextIndex, offset: h.offset,
+              flags: h.flags, first: h.first, last: h.last, samples, sampleRate, format: 'opus', payload: null,
+            });
+          },
+          (err) => this._emit('error', { code: 'client', message: `opus: ${err.message ?? err}` }),
+        );
+      } catch (err) {
+        this.stats.badFrames++;
+        this._emit('error', { code: 'client', message: err.message });
+        return;
+      }
+    }
+    ctx.opus.decode(payload, header, ((ctx.settings?.frame_ms ?? 20) * 1000));
+  }
+}
+
+/**
+ * Decodes protocol v1 `opus` frames (one Opus packet each) with WebCodecs' `AudioDecoder`, in
+ * order; `onSamples(Float32Array, sampleRate, header)` gets mono samples (48 kHz: Opus decodes there).
+ */
+export class OpusFrameDecoder {
+  constructor(onSamples, onError) {
+    if (typeof AudioDecoder === 'undefined') throw new TypeError('this browser has no WebCodecs AudioDecoder; opus needs it');
+    this._headers = [];
+    this._timestamp = 0;
+    /** Resolves once the context's last packet (flag bit1) is decoded and delivered. */
+    this.drained = new Promise((resolve) => { this._resolveDrained = resolve; });
+    this.decoder = new AudioDecoder({
+      output: (data) => {
+        const out = new Float32Array(data.numberOfFrames);
+        data.copyTo(out, { planeIndex: 0, format: 'f32-planar' });
+        const rate = data.sampleRate;
+        data.close();
+        onSamples(out, rate, this._headers.shift());
+      },
+      error: onError,
+    });
+    this.decoder.configure({ codec: 'opus', sampleRate: 48000, numberOfChannels: 1 });
+  }
+
+  /** Queue one packet (`header`: its frame header; `durationUs`: the frame's length). */
+  decode(payload, header, durationUs) {
+    this._headers.push({ ...header, first: (header.flags & FLAG_FIRST) !== 0, last: (header.flags & FLAG_LAST) !== 0 });
+    this.decoder.decode(new EncodedAudioChunk({ type: 'key', timestamp: this._timestamp, duration: durationUs, data: payload }));
+    this._timestamp += durationUs;
+    if ((header.flags & FLAG_LAST) !== 0) {
+      this.decoder.flush().then(() => this.close(), () => {}).finally(() => this._resolveDrained());
+    }
+  }
+
+  close() {
+    if (this.decoder.state !== 'closed') this.decoder.close();
   }
 }

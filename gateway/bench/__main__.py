@@ -1,31 +1,30 @@
-"""``voxgate bench engine|load|soak|danmaku``: benchmarks that write their results under ``benchmarks/results``."""
+"""``voxgate bench NAME``: benchmarks that write their results under ``benchmarks/results``."""
 
 from __future__ import annotations
 
+import importlib
 import sys
 from collections.abc import Sequence
+
+#: Benchmark name -> the module whose ``main(argv)`` runs it (imported only when asked for: each pulls
+#: its own heavy dependencies).
+BENCHMARKS: dict[str, str] = {
+    "engine": "gateway.bench.engine",
+    "load": "gateway.bench.load",
+    "soak": "gateway.bench.soak",
+    "danmaku": "gateway.bench.danmaku",
+    "codecs": "gateway.bench.codecs",
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] not in ("engine", "load", "soak", "danmaku"):
-        print("usage: voxgate bench {engine,load,soak,danmaku} [options]  (--help after the name for options)", file=sys.stderr)
+    if not argv or argv[0] not in BENCHMARKS:
+        names = ",".join(BENCHMARKS)
+        print(f"usage: voxgate bench {{{names}}} [options]  (--help after the name for options)", file=sys.stderr)
         return 2
-    if argv[0] == "soak":
-        from gateway.bench.soak import main as soak_main
-
-        return soak_main(argv[1:])
-    if argv[0] == "danmaku":
-        from gateway.bench.danmaku import main as danmaku_main
-
-        return danmaku_main(argv[1:])
-    if argv[0] == "engine":
-        from gateway.bench.engine import main as engine_main
-
-        return engine_main(argv[1:])
-    from gateway.bench.load import main as load_main
-
-    return load_main(argv[1:])
+    module = importlib.import_module(BENCHMARKS[argv[0]])
+    return int(module.main(argv[1:]))
 
 
 if __name__ == "__main__":
