@@ -16,7 +16,7 @@ __all__ = ["main", "build_parser", "config_from_args"]
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="TOML file (default: $VOXGATE_CONFIG or configs/default.toml)")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override any setting; repeatable")
-    parser.add_argument("--engine", choices=["kokoro", "tiny", "fake", "realtimetts"], help="engine.kind")
+    parser.add_argument("--engine", choices=["kokoro", "tiny", "fake", "realtimetts", "ray"], help="engine.kind")
     parser.add_argument("--weights", help="engine.weights: auto, offline, hub or a path")
     parser.add_argument("--device", help="engine.device: auto, cpu, cuda, cuda:1 ...")
     parser.add_argument("--log-level", default=None, help="debug, info, warning, error")

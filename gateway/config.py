@@ -39,7 +39,7 @@ __all__ = [
 
 AudioFormat = Literal["pcm_s16le", "pcm_f32le", "ulaw"]
 SchedulerMode = Literal["batched", "serial", "locked"]
-EngineKind = Literal["kokoro", "tiny", "fake", "realtimetts"]
+EngineKind = Literal["kokoro", "tiny", "fake", "realtimetts", "ray"]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ENV_PREFIX = "VOXGATE_"
@@ -144,6 +144,13 @@ class EngineConfig:
     tiny_seed: int = 0
     #: For kind = "realtimetts": the RealtimeTTS engine class name (e.g. "SystemEngine").
     realtimetts_engine: str = "SystemEngine"
+    #: For kind = "ray" (docs/scale-out.md): the Ray cluster ("auto": the local one, or
+    #: "ray://host:10001"), the Serve application and deployment of the engine replicas, and how
+    #: long a piece may be retried across replicas (a replica died) before it fails.
+    ray_address: str = "auto"
+    ray_app: str = "voxgate"
+    ray_deployment: str = "EngineReplica"
+    ray_retry_s: float = 60.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,169 @@
+"""``engine.kind = "ray"``: a front end's engine that is a Ray Serve deployment of engine replicas.
+
+A front end is a plain ``voxgate serve`` process: sessions, segmentation, G2P, encoding and its own
+scheduler stay here, and the scheduler's batches go to ``synthesize`` as usual. This engine sends
+each item of a batch as its own request through a Serve deployment handle (Ray Serve's router picks
+the replica with the shortest queue), so the replica's scheduler can merge it with the pieces of
+every other front end. Why not an ingress deployment: the WebSocket sessions and their state belong
+in a process the balancer routes to by session id (resume), and keeping them in ``voxgate serve``
+keeps one code path for one process and for many.
+
+Faults: a replica that dies or is removed while it holds a piece raises ``RayActorError`` /
+``ActorUnavailableError`` on the handle (or the deployment is briefly unavailable); the piece is then
+sent again, and Serve's router sends it to a live replica. Seeds are per item, so the retried piece
+gives the same audio, and a piece is delivered once: from the one request that returned. Only after
+``engine.ray_retry_s`` of failures does the piece fail (``engine_failed``).
+
+Runs on the front end's engine thread (``EngineWorker``) with a private event loop, so that the
+items of one batch are in flight together and each one's arrival time is measured when it arrives:
+``hop`` = round trip - the replica's own time for the piece (queue + synthesis) is the transport
+cost of the Ray hop, per piece.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import statistics
+import time
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+from gateway.config import EngineConfig
+from gateway.engines.base import Engine, SynthesisItem, SynthesisResult
+from gateway.errors import EngineFailed
+
+__all__ = ["RayServeEngine", "retryable_errors"]
+
+logger = logging.getLogger("voxgate.ray")
+
+#: Recent per-piece hop samples kept for ``describe()`` and the load benchmark.
+HOP_SAMPLES = 4_096
+
+
+def retryable_errors() -> tuple[type[BaseException], ...]:
+    """The handle errors that mean "this replica is gone or unreachable; another one may serve"."""
+    from ray import exceptions as ray_errors
+
+    errors: list[type[BaseException]] = [ray_errors.RayActorError]
+    for name in ("ActorUnavailableError", "ActorDiedError"):
+        if hasattr(ray_errors, name):
+            errors.append(getattr(ray_errors, name))
+    try:
+        from ray.serve.exceptions import DeploymentUnavailableError
+
+        errors.append(DeploymentUnavailableError)
+    except ImportError:  # older Ray: the handle waits for a replica instead
+        pass
+    return tuple(errors)
+
+
+class RayServeEngine(Engine):
+    """Forwards items to the engine replicas of a Ray Serve application."""
+
+    name = "ray"
+
+    def __init__(self, handle: Any, *, max_batch_size: int, preferred_batch_size: int, retry_s: float = 60.0) -> None:
+        self.handle = handle
+        self.front_end = uuid.uuid4().hex[:12]
+        self.max_batch_size = max_batch_size
+        self.preferred_batch_size = preferred_batch_size
+        self.retry_s = retry_s
+        self._retryable = retryable_errors()
+        self._loop = asyncio.new_event_loop()
+        remote = self._loop.run_until_complete(self._call(handle.describe.remote()))
+        self._remote = remote
+        self._voices: list[str] = list(remote["voices"])
+        self.vocab = frozenset(remote["vocab"])
+        self.sample_rate = int(remote["sample_rate"])
+        #: Latest counters of every replica that answered (from the results they sent).
+        self.replicas: dict[str, dict[str, Any]] = {}
+        self.retries = 0
+        self.pieces = 0
+        self.hops_s: collections.deque[float] = collections.deque(maxlen=HOP_SAMPLES)
+
+    @classmethod
+    def from_config(cls, config: EngineConfig) -> RayServeEngine:
+        import ray
+        from ray import serve
+
+        if not ray.is_initialized():
+            ray.init(address=config.ray_address or "auto", log_to_driver=False)
+        handle = serve.get_deployment_handle(config.ray_deployment, app_name=config.ray_app)
+        # The front end's batch is what it hands over at once; the replicas batch across front ends.
+        return cls(
+            handle,
+            max_batch_size=config.max_batch_size,
+            preferred_batch_size=config.preferred_batch_size or config.max_batch_size,
+            retry_s=config.ray_retry_s,
+        )
+
+    def voices(self) -> list[str]:
+        return list(self._voices)
+
+    def synthesize(self, items: Sequence[SynthesisItem]) -> list[SynthesisResult]:
+        return self._loop.run_until_complete(self._batch(items))
+
+    def close(self) -> None:
+        self._loop.close()
+
+    def describe(self) -> dict[str, object]:
+        hops = sorted(self.hops_s)
+        return {
+            "name": self.name,
+            "front_end": self.front_end,
+            "max_batch_size": self.max_batch_size,
+            "preferred_batch_size": self.preferred_batch_size,
+            "replica_engine": self._remote.get("name"),
+            "pieces": self.pieces,
+            "retries": self.retries,
+            "hop_ms_p50": round(1e3 * statistics.median(hops), 3) if hops else None,
+            "replicas": {rid: dict(stats) for rid, stats in self.replicas.items()},
+        }
+
+    def take_hops(self) -> list[float]:
+        """Per-piece hop samples (seconds) since the last call; for ``voxgate bench load --ray``."""
+        hops = list(self.hops_s)
+        self.hops_s.clear()
+        return hops
+
+    # --- internals ------------------------------------------------------------------------------
+
+    async def _call(self, response: Any) -> Any:
+        return await response
+
+    async def _batch(self, items: Sequence[SynthesisItem]) -> list[Any]:
+        return list(await asyncio.gather(*(self._one(item) for item in items)))
+
+    async def _one(self, item: SynthesisItem) -> Any:
+        """One piece on some replica; sent again while replicas die, for up to ``retry_s``."""
+        give_up = time.monotonic() + self.retry_s
+        attempt = 0
+        while True:
+            sent = time.perf_counter()
+            try:
+                result = await self.handle.remote(item, self.front_end)
+            except self._retryable as exc:
+                attempt += 1
+                self.retries += 1
+                if time.monotonic() >= give_up:
+                    logger.error("piece failed on %d replicas in %.0f s; giving up", attempt, self.retry_s)
+                    return EngineFailed("no engine replica could synthesize this piece")
+                logger.warning("engine replica lost (%s); sending the piece again (attempt %d)", type(exc).__name__, attempt + 1)
+                await asyncio.sleep(min(0.05 * attempt, 1.0))
+                continue
+            except Exception:
+                logger.error("engine replica call failed", exc_info=True)
+                return EngineFailed("synthesis failed for this piece")
+            round_trip = time.perf_counter() - sent
+            self.pieces += 1
+            if isinstance(result, SynthesisResult):
+                service = result.extra.get("service_s")
+                if isinstance(service, float):
+                    self.hops_s.append(max(0.0, round_trip - service))
+                stats = result.extra.get("replica_stats")
+                if isinstance(stats, dict):
+                    self.replicas[str(result.extra.get("replica"))] = stats
+            return result
