@@ -25,23 +25,25 @@ or ``voxgate ray up``; ``ray[serve]`` comes with ``pip install 'voxgate[ray]'``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
+import ray
 from ray import serve
 
-from gateway.config import Config, ConfigError, load_config
+from gateway.config import REPO_ROOT, Config, ConfigError, load_config
 from gateway.engines import create_engine
 from gateway.engines.base import SynthesisItem, SynthesisResult
 from gateway.engines.worker import EngineWorker
 from gateway.errors import EngineFailed
 from gateway.scheduler import Batch, Piece, Scheduler
 
-__all__ = ["EngineReplica", "build_app", "replica_config", "DEPLOYMENT_NAME", "APP_NAME"]
+__all__ = ["EngineReplica", "build_app", "replica_config", "local_deployment", "replica_actor_names", "DEPLOYMENT_NAME", "APP_NAME"]
 
 logger = logging.getLogger("voxgate.ray")
 
@@ -127,7 +129,8 @@ class EngineReplica:
         self.scheduler.add(
             Piece(
                 session_key=session,
-                context_key=(front_end, hints.context_id if hints else uuid.uuid4().hex),
+                # Context ids are the client's: unique within its session only.
+                context_key=(*session, hints.context_id if hints else ""),
                 phonemes=item.phonemes,
                 voice=item.voice,
                 speed=item.speed,
@@ -171,6 +174,12 @@ class EngineReplica:
         if self._loop_task is None:
             self._wake = asyncio.Event()
             self._loop_task = asyncio.get_running_loop().create_task(self._scheduler_loop(), name="voxgate-replica-scheduler")
+            self._loop_task.add_done_callback(self._loop_ended)
+
+    def _loop_ended(self, task: asyncio.Task[None]) -> None:
+        # A bug, not a bad piece: say so; check_health then has Ray Serve replace this replica.
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("engine replica %s: scheduler loop failed", self.replica_id, exc_info=task.exception())
 
     def _release(self, session: tuple[str, str]) -> None:
         left = self._in_flight.get(session, 1) - 1
@@ -280,3 +289,33 @@ def build_app(args: Mapping[str, Any] | None = None) -> serve.Application:
     }
     replica_args = {"config": args.get("config"), "set": dict(args.get("set") or {})}
     return EngineReplica.options(**options).bind(replica_args)
+
+
+@contextlib.contextmanager
+def local_deployment(app_args: Mapping[str, Any], *, num_cpus: int = 2) -> Iterator[None]:
+    """A local Ray (no dashboard) with the engine replicas deployed as ``APP_NAME``; shut down on exit.
+
+    For tests, ``voxgate bench load --ray`` and trying it out: front ends in this process then use
+    ``engine.kind = "ray"`` (``ray_address`` is ignored: Ray is already initialized). Workers import
+    ``gateway`` from this checkout (``PYTHONPATH``), whatever is installed.
+    """
+    ray.init(
+        num_cpus=num_cpus,
+        include_dashboard=False,
+        log_to_driver=False,
+        runtime_env={"env_vars": {"PYTHONPATH": str(REPO_ROOT)}},
+    )
+    try:
+        serve.start(http_options={"location": "NoServer"})
+        serve.run(build_app(app_args), name=APP_NAME, route_prefix=None)
+        yield
+    finally:
+        with contextlib.suppress(Exception):
+            serve.shutdown()
+        ray.shutdown()
+
+
+def replica_actor_names(app: str = APP_NAME, deployment: str = DEPLOYMENT_NAME) -> list[str]:
+    """Names of the live engine replica actors (namespace ``serve``), e.g. to ``ray.kill`` one."""
+    prefix = f"SERVE_REPLICA::{app}#{deployment}#"
+    return sorted(a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if a["name"].startswith(prefix))
