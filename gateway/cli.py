@@ -1,4 +1,4 @@
-"""The ``voxgate`` command: serve, say, voices, bench, probe, convert-weights."""
+"""The ``voxgate`` command: serve, say, voices, bench, probe, convert-weights, ray."""
 
 from __future__ import annotations
 
@@ -53,6 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--cache-dir")
     convert.add_argument("--force", action="store_true")
 
+    from gateway.ray_cli import add_parser as add_ray_parser
+
+    add_ray_parser(sub)
+
     bench = sub.add_parser("bench", help="benchmarks: engine, load", add_help=False)
     bench.add_argument("args", nargs=argparse.REMAINDER)
     return parser
@@ -92,6 +96,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from gateway.bench.__main__ import main as bench_main
 
         return bench_main(args.args)
+    if args.command == "ray":
+        from gateway.ray_cli import main as ray_main
+
+        return ray_main(args)
     if args.command == "convert-weights":
         _setup_logging("info")
         from gateway.engines.weights import convert_offline_weights, default_cache_dir

@@ -167,3 +167,18 @@ async def test_a_replica_killed_mid_run_loses_no_piece(front_ends: list[Gateway]
 
     assert_sessions_whole(runs, solo_audio)
     assert sum(e.retries for e in engines(front_ends)) >= 1, "no piece was in flight on the killed replica"
+
+
+@pytest.mark.parametrize("name", ["ray-serve.yaml", "ray-serve-cpu.yaml"])
+def test_the_serve_config_files_are_valid_and_build_the_replica_app(name: str) -> None:
+    import yaml
+    from ray.serve.schema import ServeDeploySchema
+
+    from gateway.engines.ray_serve import DEPLOYMENT_NAME, build_app
+
+    schema = ServeDeploySchema.model_validate(yaml.safe_load((REPO_ROOT / "configs" / name).read_text()))
+    (app,) = schema.applications
+    assert app.import_path == "gateway.engines.ray_serve:build_app"
+    assert [d.name for d in app.deployments] == [DEPLOYMENT_NAME]
+    built = build_app(app.args)
+    assert built._bound_deployment.name == DEPLOYMENT_NAME

@@ -31,6 +31,7 @@ import logging
 import time
 import uuid
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import ray
@@ -58,7 +59,11 @@ def replica_config(args: Mapping[str, Any] | None) -> Config:
     """The replica's voxgate config: ``args["config"]`` (a TOML path, optional) plus ``args["set"]``
     (dotted overrides) over the defaults and the replica's ``VOXGATE_*`` environment."""
     args = dict(args or {})
-    config = load_config(args.get("config") or None, overrides=dict(args.get("set") or {}))
+    path = args.get("config") or None
+    if path is not None and not Path(path).is_absolute() and not Path(path).exists():
+        # A replica's working directory is Ray's, not the checkout's: configs/... means the repo's.
+        path = REPO_ROOT / path
+    config = load_config(path, overrides=dict(args.get("set") or {}))
     if config.engine.kind == "ray":
         raise ConfigError('an engine replica cannot use engine.kind = "ray" (it would call itself)')
     return config
