@@ -595,8 +595,12 @@ class Gateway:
         self._update_queue_depth()
         self.metrics.batch_size.observe(len(batch.pieces))
         sent_at = loop.time()
+        # Only an engine that schedules remotely (Ray Serve replicas) needs the ordering facts.
+        remote = self.engine is not None and self.engine.schedules_remotely
         items = [
-            SynthesisItem(phonemes=p.phonemes, voice=p.voice, speed=p.speed, seed=p.seed, text=p.text, hints=_schedule_hints(p, sent_at))
+            SynthesisItem(
+                phonemes=p.phonemes, voice=p.voice, speed=p.speed, seed=p.seed, text=p.text, hints=_schedule_hints(p, sent_at) if remote else None
+            )
             for p in batch.pieces
         ]
         started = time.perf_counter()

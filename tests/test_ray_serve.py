@@ -182,3 +182,27 @@ def test_the_serve_config_files_are_valid_and_build_the_replica_app(name: str) -
     assert [d.name for d in app.deployments] == [DEPLOYMENT_NAME]
     built = build_app(app.args)
     assert built._bound_deployment.name == DEPLOYMENT_NAME
+
+
+async def test_a_replica_whose_engine_keeps_failing_fails_its_health_check() -> None:
+    """The replica class itself, outside Serve (no cluster): bad pieces fail alone, and after
+    MAX_CONSECUTIVE_FAILURES failed batches in a row check_health raises, so Serve replaces it."""
+    from gateway.engines.base import ScheduleHints, SynthesisItem, SynthesisResult
+    from gateway.engines.ray_serve import EngineReplica
+    from gateway.engines.worker import MAX_CONSECUTIVE_FAILURES
+    from gateway.errors import EngineFailed
+
+    replica = EngineReplica.func_or_class({"set": {"engine.kind": "fake", "engine.warmup": False}})
+    try:
+        hints = ScheduleHints(session_id="s", context_id="c", is_first=True)
+        good = await replica(SynthesisItem("həlo", "af_test", hints=hints), "front-end-1")
+        assert isinstance(good, SynthesisResult) and len(good.durations) == len("həlo") + 2
+        assert good.extra["batch_front_ends"] == 1 and good.extra["replica_stats"]["pieces"] == 1
+        replica.check_health()
+        for _ in range(MAX_CONSECUTIVE_FAILURES):
+            bad = await replica(SynthesisItem("həlo", "no_such_voice", hints=hints), "front-end-1")
+            assert isinstance(bad, EngineFailed)
+        with pytest.raises(RuntimeError, match="batches in a row"):
+            replica.check_health()
+    finally:
+        await replica.close()

@@ -472,6 +472,7 @@ class _SharedEngine(Engine):
         self.sample_rate = inner.sample_rate
         self.max_batch_size = inner.max_batch_size
         self.preferred_batch_size = inner.preferred_batch_size
+        self.schedules_remotely = inner.schedules_remotely
 
     def voices(self) -> list[str]:
         return self.inner.voices()

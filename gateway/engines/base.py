@@ -120,6 +120,9 @@ class Engine(abc.ABC):
     #: Phoneme characters the engine can read; anything else is dropped by G2P.
     vocab: frozenset[str] = frozenset()
     name: str = "engine"
+    #: True when another scheduler orders the items again (Ray Serve replicas): the server then
+    #: attaches ``ScheduleHints`` to each item.
+    schedules_remotely: bool = False
 
     @abc.abstractmethod
     def voices(self) -> list[str]:

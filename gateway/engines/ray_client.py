@@ -64,6 +64,7 @@ class RayServeEngine(Engine):
     """Forwards items to the engine replicas of a Ray Serve application."""
 
     name = "ray"
+    schedules_remotely = True
 
     def __init__(self, handle: Any, *, max_batch_size: int, preferred_batch_size: int, retry_s: float = 60.0) -> None:
         self.handle = handle

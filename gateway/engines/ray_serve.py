@@ -170,6 +170,14 @@ class EngineReplica:
         if self._loop_task is not None and self._loop_task.done():
             raise RuntimeError(f"engine replica {self.replica_id}: scheduler loop ended")
 
+    async def close(self) -> None:
+        """Stop the scheduler loop and the engine (Serve calls ``__del__`` at shutdown)."""
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop_task
+        await asyncio.to_thread(self.worker.stop)
+
     def __del__(self) -> None:
         if self._loop_task is not None:
             self._loop_task.cancel()
