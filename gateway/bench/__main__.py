@@ -1,4 +1,4 @@
-"""``voxgate bench engine|load|soak``: benchmarks that write their results under ``benchmarks/results``."""
+"""``voxgate bench engine|load|soak|ray-hop``: benchmarks that write their results under ``benchmarks/results``."""
 
 from __future__ import annotations
 
@@ -8,9 +8,13 @@ from collections.abc import Sequence
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] not in ("engine", "load", "soak"):
-        print("usage: voxgate bench {engine,load,soak} [options]  (--help after the name for options)", file=sys.stderr)
+    if not argv or argv[0] not in ("engine", "load", "soak", "ray-hop"):
+        print("usage: voxgate bench {engine,load,soak,ray-hop} [options]  (--help after the name for options)", file=sys.stderr)
         return 2
+    if argv[0] == "ray-hop":
+        from gateway.bench.ray_mode import main as ray_hop_main
+
+        return ray_hop_main(argv[1:])
     if argv[0] == "soak":
         from gateway.bench.soak import main as soak_main
 

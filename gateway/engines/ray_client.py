@@ -84,6 +84,8 @@ class RayServeEngine(Engine):
         self.retries = 0
         self.pieces = 0
         self.hops_s: collections.deque[float] = collections.deque(maxlen=HOP_SAMPLES)
+        #: The outbound half of each hop (caller's wall clock -> replica's; same machine or NTP).
+        self.outbound_s: collections.deque[float] = collections.deque(maxlen=HOP_SAMPLES)
 
     @classmethod
     def from_config(cls, config: EngineConfig) -> RayServeEngine:
@@ -145,7 +147,7 @@ class RayServeEngine(Engine):
         while True:
             sent = time.perf_counter()
             try:
-                result = await self.handle.remote(item, self.front_end)
+                result = await self.handle.remote(item, self.front_end, time.time())
             except self._retryable as exc:
                 attempt += 1
                 self.retries += 1
@@ -164,6 +166,9 @@ class RayServeEngine(Engine):
                 service = result.extra.get("service_s")
                 if isinstance(service, float):
                     self.hops_s.append(max(0.0, round_trip - service))
+                outbound = result.extra.get("outbound_s")
+                if isinstance(outbound, float):
+                    self.outbound_s.append(max(0.0, outbound))
                 stats = result.extra.get("replica_stats")
                 if isinstance(stats, dict):
                     self.replicas[str(result.extra.get("replica"))] = stats

@@ -124,9 +124,11 @@ class EngineReplica:
         """This replica's counters (the one the router picked; every result carries them too)."""
         return self._snapshot()
 
-    async def __call__(self, item: SynthesisItem, front_end: str = "") -> SynthesisResult | EngineFailed:
-        """Synthesize one piece, batched with whatever else this replica has queued."""
+    async def __call__(self, item: SynthesisItem, front_end: str = "", sent_at: float = 0.0) -> SynthesisResult | EngineFailed:
+        """Synthesize one piece, batched with whatever else this replica has queued. ``sent_at``: the
+        caller's wall clock when it sent the piece (for the outbound half of the hop)."""
         received = time.perf_counter()
+        outbound_s = time.time() - sent_at if sent_at else None
         loop = asyncio.get_running_loop()
         self._ensure_loop()
         now = loop.time()
@@ -159,7 +161,7 @@ class EngineReplica:
         finally:
             self._release(session)
         if isinstance(result, SynthesisResult):
-            extra = {**result.extra, "service_s": time.perf_counter() - received}
+            extra = {**result.extra, "service_s": time.perf_counter() - received, "outbound_s": outbound_s}
             result = dataclasses.replace(result, extra=extra)
         return result
 
