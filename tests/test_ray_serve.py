@@ -30,20 +30,22 @@ from tests.utils import test_config  # noqa: E402
 
 pytestmark = [pytest.mark.ray, pytest.mark.asyncio(loop_scope="module")]
 
-# A front end hands its scheduler's batch (up to 4 pieces, gathered for 50 ms here so that its
-# sessions' first pieces leave together) to the replicas at once, and Ray Serve's router spreads it
-# over both replicas by queue length. A replica takes up to 8 pieces and waits up to 200 ms for
-# company, so the other front end's pieces join the same batch (under real load batches fill long
-# before the window closes).
+# Why these windows: a front end hands its scheduler's batch (up to 4 pieces, gathered for up to
+# 300 ms here so that its sessions' first pieces leave together) to the replicas at once, and waits
+# for all of it; Ray Serve's router spreads the pieces over both replicas by queue length. A
+# replica takes up to 8 pieces and waits up to 1 s for company, so pieces of the other front end,
+# which arrive out of phase at this low load, join the same batch. (Under real load batches fill
+# long before any window closes; these only make 8 sessions on a busy 2-core machine deterministic
+# enough to show the mixing.)
 REPLICAS = {
     "config": str(REPO_ROOT / "configs" / "test.toml"),
     "num_replicas": 2,
     "num_cpus": 0.5,
-    "set": {"scheduler.max_wait_ms": 200, "engine.max_batch_size": 8, "engine.preferred_batch_size": 8},
+    "set": {"scheduler.max_wait_ms": 1000, "engine.max_batch_size": 8, "engine.preferred_batch_size": 8},
 }
 # Text waits for punctuation (not a timer), so every run cuts the same pieces.
 SESSION = {"session.max_buffer_ms": 10_000}
-FRONT_END = {**SESSION, "engine.kind": "ray", "scheduler.max_wait_ms": 50}
+FRONT_END = {**SESSION, "engine.kind": "ray", "scheduler.max_wait_ms": 300}
 TEXTS = [
     "Good morning, traveller. The road north is closed today. Try the mountain pass instead.",
     "Seven silver swans swam silently. They circled the lake twice before landing.",
