@@ -151,6 +151,9 @@ class EngineConfig:
     ray_app: str = "voxgate"
     ray_deployment: str = "EngineReplica"
     ray_retry_s: float = 60.0
+    #: Pieces per request to a replica: 1 (default) balances and retries piece by piece; more cuts
+    #: Ray's per-request cost (benchmarks/README.md, "Ray Serve: the hop per piece").
+    ray_pieces_per_request: int = 1
 
 
 @dataclass(frozen=True, slots=True)

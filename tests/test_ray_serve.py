@@ -171,6 +171,23 @@ async def test_a_replica_killed_mid_run_loses_no_piece(front_ends: list[Gateway]
     assert sum(e.retries for e in engines(front_ends)) >= 1, "no piece was in flight on the killed replica"
 
 
+async def test_pieces_grouped_per_request_sound_as_one_per_request(cluster: None) -> None:
+    """engine.ray_pieces_per_request = 3: a batch of 5 goes out as 2 requests; same audio, same order."""
+    from gateway.config import EngineConfig
+    from gateway.engines.base import SynthesisItem
+
+    engines_ = [
+        await asyncio.to_thread(RayServeEngine.from_config, EngineConfig(kind="ray", max_batch_size=8, ray_pieces_per_request=k)) for k in (1, 3)
+    ]
+    voice = engines_[0].voices()[0]
+    items = [SynthesisItem("həlˈoʊ" * (i + 1), voice) for i in range(5)]
+    one, grouped = [await asyncio.to_thread(e.synthesize, items) for e in engines_]
+    for a, b in zip(one, grouped, strict=True):
+        assert np.array_equal(a.durations, b.durations)
+        assert_same_audio(b.audio, a.audio)
+    assert engines_[1].pieces == 5 and len(engines_[1].take_hops()) == 5
+
+
 @pytest.mark.parametrize("name", ["ray-serve.yaml", "ray-serve-cpu.yaml"])
 def test_the_serve_config_files_are_valid_and_build_the_replica_app(name: str) -> None:
     import yaml

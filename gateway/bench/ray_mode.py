@@ -62,7 +62,7 @@ def hop_stats(engine: Any) -> dict[str, Any]:
 # --- voxgate bench ray-hop: the hop alone, with an instant engine --------------------------------
 
 
-def measure_hop(counts: Sequence[int], *, seconds: float, replicas: int = 1) -> dict[str, Any]:
+def measure_hop(counts: Sequence[int], *, seconds: float, replicas: int = 1, pieces_per_request: int = 1) -> dict[str, Any]:
     """Round trip minus the replica's own time, per piece, through ``replicas`` replicas of the
     instant ``fake`` engine: N pieces in flight together (one front-end batch), for ``seconds``."""
     from gateway.config import EngineConfig
@@ -74,7 +74,7 @@ def measure_hop(counts: Sequence[int], *, seconds: float, replicas: int = 1) -> 
     replica_settings = {"engine.kind": "fake", "engine.warmup": False, "engine.max_batch_size": biggest, "scheduler.max_wait_ms": 0}
     cells: dict[str, Any] = {}
     with local_deployment({"set": replica_settings, "num_replicas": replicas, "num_cpus": 0.5}):
-        engine = RayServeEngine.from_config(EngineConfig(kind="ray", max_batch_size=biggest))
+        engine = RayServeEngine.from_config(EngineConfig(kind="ray", max_batch_size=biggest, ray_pieces_per_request=pieces_per_request))
         voice = engine.voices()[0]
         phonemes = "həlˈoʊ ðˈɛɹ, hˈaʊ ɑɹ ju dˈuɪŋ tədˈeɪ?"  # a first piece's length
         for n in counts:
@@ -106,12 +106,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--sessions", default="1,4,16", help="pieces in flight together (default 1,4,16)")
     parser.add_argument("--seconds", type=float, default=10.0, help="per N (default 10)")
     parser.add_argument("--replicas", type=int, default=1)
+    parser.add_argument("--pieces-per-request", type=int, default=1, help="engine.ray_pieces_per_request (default 1)")
     parser.add_argument("--out", default="benchmarks/results")
     args = parser.parse_args(argv)
     counts = [int(n) for n in args.sessions.split(",")]
     started = datetime.datetime.now(datetime.UTC)
-    cells = measure_hop(counts, seconds=args.seconds, replicas=args.replicas)
-    result = {"started": started.isoformat(timespec="seconds"), "machine": machine_info(), "replicas": args.replicas, "seconds": args.seconds, "cells": cells}
+    cells = measure_hop(counts, seconds=args.seconds, replicas=args.replicas, pieces_per_request=args.pieces_per_request)
+    result = {
+        "started": started.isoformat(timespec="seconds"),
+        "command": "voxgate bench ray-hop " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "machine": machine_info(),
+        "replicas": args.replicas,
+        "pieces_per_request": args.pieces_per_request,
+        "seconds": args.seconds,
+        "cells": cells,
+    }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"ray-hop-{started:%Y%m%d-%H%M%S}.json"

@@ -66,8 +66,13 @@ class RayServeEngine(Engine):
     name = "ray"
     schedules_remotely = True
 
-    def __init__(self, handle: Any, *, max_batch_size: int, preferred_batch_size: int, retry_s: float = 60.0) -> None:
+    def __init__(
+        self, handle: Any, *, max_batch_size: int, preferred_batch_size: int, retry_s: float = 60.0, pieces_per_request: int = 1
+    ) -> None:
         self.handle = handle
+        #: 1: every piece is its own request (finest balancing and retry); k: a batch goes out in
+        #: requests of up to k pieces (fewer requests, less Ray overhead per piece).
+        self.pieces_per_request = pieces_per_request
         self.front_end = uuid.uuid4().hex[:12]
         self.max_batch_size = max_batch_size
         self.preferred_batch_size = preferred_batch_size
@@ -101,6 +106,7 @@ class RayServeEngine(Engine):
             max_batch_size=config.max_batch_size,
             preferred_batch_size=config.preferred_batch_size or config.max_batch_size,
             retry_s=config.ray_retry_s,
+            pieces_per_request=config.ray_pieces_per_request,
         )
 
     def voices(self) -> list[str]:
@@ -138,38 +144,49 @@ class RayServeEngine(Engine):
         return await response
 
     async def _batch(self, items: Sequence[SynthesisItem]) -> list[Any]:
-        return list(await asyncio.gather(*(self._one(item) for item in items)))
+        size = max(1, self.pieces_per_request)
+        groups = [list(items[i : i + size]) for i in range(0, len(items), size)]
+        results = await asyncio.gather(*(self._group(group) for group in groups))
+        return [result for group in results for result in group]
 
-    async def _one(self, item: SynthesisItem) -> Any:
-        """One piece on some replica; sent again while replicas die, for up to ``retry_s``."""
+    async def _group(self, items: list[SynthesisItem]) -> list[Any]:
+        """Pieces in one request to some replica; sent again while replicas die, for up to ``retry_s``."""
         give_up = time.monotonic() + self.retry_s
         attempt = 0
         while True:
             sent = time.perf_counter()
             try:
-                result = await self.handle.remote(item, self.front_end, time.time())
+                if len(items) == 1:
+                    results = [await self.handle.remote(items[0], self.front_end, time.time())]
+                else:
+                    results = await self.handle.synthesize_many.remote(items, self.front_end, time.time())
             except self._retryable as exc:
                 attempt += 1
-                self.retries += 1
+                self.retries += len(items)
                 if time.monotonic() >= give_up:
-                    logger.error("piece failed on %d replicas in %.0f s; giving up", attempt, self.retry_s)
-                    return EngineFailed("no engine replica could synthesize this piece")
-                logger.warning("engine replica lost (%s); sending the piece again (attempt %d)", type(exc).__name__, attempt + 1)
+                    logger.error("%d pieces failed on %d replicas in %.0f s; giving up", len(items), attempt, self.retry_s)
+                    return [EngineFailed("no engine replica could synthesize this piece") for _ in items]
+                logger.warning("engine replica lost (%s); sending %d pieces again (attempt %d)", type(exc).__name__, len(items), attempt + 1)
                 await asyncio.sleep(min(0.05 * attempt, 1.0))
                 continue
             except Exception:
                 logger.error("engine replica call failed", exc_info=True)
-                return EngineFailed("synthesis failed for this piece")
-            round_trip = time.perf_counter() - sent
-            self.pieces += 1
-            if isinstance(result, SynthesisResult):
-                service = result.extra.get("service_s")
-                if isinstance(service, float):
-                    self.hops_s.append(max(0.0, round_trip - service))
-                outbound = result.extra.get("outbound_s")
-                if isinstance(outbound, float):
-                    self.outbound_s.append(max(0.0, outbound))
-                stats = result.extra.get("replica_stats")
-                if isinstance(stats, dict):
-                    self.replicas[str(result.extra.get("replica"))] = stats
-            return result
+                return [EngineFailed("synthesis failed for this piece") for _ in items]
+            self._record(results, time.perf_counter() - sent)
+            return results
+
+    def _record(self, results: list[Any], round_trip: float) -> None:
+        """Hop (round trip - the replica's time for the request) and the replicas' counters."""
+        self.pieces += len(results)
+        done = [r for r in results if isinstance(r, SynthesisResult)]
+        services = [r.extra["service_s"] for r in done if isinstance(r.extra.get("service_s"), float)]
+        if services:
+            hop = max(0.0, round_trip - max(services))
+            self.hops_s.extend([hop] * len(done))
+        for result in done:
+            outbound = result.extra.get("outbound_s")
+            if isinstance(outbound, float):
+                self.outbound_s.append(max(0.0, outbound))
+            stats = result.extra.get("replica_stats")
+            if isinstance(stats, dict):
+                self.replicas[str(result.extra.get("replica"))] = stats

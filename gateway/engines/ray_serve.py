@@ -165,6 +165,10 @@ class EngineReplica:
             result = dataclasses.replace(result, extra=extra)
         return result
 
+    async def synthesize_many(self, items: list[SynthesisItem], front_end: str = "", sent_at: float = 0.0) -> list[SynthesisResult | EngineFailed]:
+        """Several pieces in one request (``engine.ray_pieces_per_request`` > 1): one hop for all."""
+        return list(await asyncio.gather(*(self(item, front_end, sent_at) for item in items)))
+
     def check_health(self) -> None:
         """Ray Serve calls this periodically; raising takes the replica out and starts a new one."""
         if not self.worker.alive:
