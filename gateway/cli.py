@@ -1,4 +1,4 @@
-"""The ``voxgate`` command: serve, say, voices, danmaku, bench, probe, convert-weights."""
+"""The ``voxgate`` command: serve, say, voices, danmaku, bench, probe, convert-weights, ray."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ __all__ = ["main", "build_parser", "config_from_args"]
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="TOML file (default: $VOXGATE_CONFIG or configs/default.toml)")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override any setting; repeatable")
-    parser.add_argument("--engine", choices=["kokoro", "tiny", "fake", "realtimetts"], help="engine.kind")
+    parser.add_argument("--engine", choices=["kokoro", "tiny", "fake", "realtimetts", "ray"], help="engine.kind")
     parser.add_argument("--weights", help="engine.weights: auto, offline, hub or a path")
     parser.add_argument("--device", help="engine.device: auto, cpu, cuda, cuda:1 ...")
     parser.add_argument("--log-level", default=None, help="debug, info, warning, error")
@@ -57,6 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_danmaku_parser(sub, _add_config_flags)
 
+    from gateway.ray_cli import add_parser as add_ray_parser
+
+    add_ray_parser(sub)
+
     bench = sub.add_parser("bench", help="benchmarks: engine, load", add_help=False)
     bench.add_argument("args", nargs=argparse.REMAINDER)
     return parser
@@ -96,6 +100,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from gateway.bench.__main__ import main as bench_main
 
         return bench_main(args.args)
+    if args.command == "ray":
+        from gateway.ray_cli import main as ray_main
+
+        return ray_main(args)
     if args.command == "convert-weights":
         _setup_logging("info")
         from gateway.engines.weights import convert_offline_weights, default_cache_dir

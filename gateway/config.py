@@ -41,7 +41,7 @@ __all__ = [
 
 AudioFormat = Literal["pcm_s16le", "pcm_f32le", "ulaw"]
 SchedulerMode = Literal["batched", "serial", "locked"]
-EngineKind = Literal["kokoro", "tiny", "fake", "realtimetts"]
+EngineKind = Literal["kokoro", "tiny", "fake", "realtimetts", "ray"]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ENV_PREFIX = "VOXGATE_"
@@ -146,6 +146,16 @@ class EngineConfig:
     tiny_seed: int = 0
     #: For kind = "realtimetts": the RealtimeTTS engine class name (e.g. "SystemEngine").
     realtimetts_engine: str = "SystemEngine"
+    #: For kind = "ray" (docs/scale-out.md): the Ray cluster ("auto": the local one, or
+    #: "ray://host:10001"), the Serve application and deployment of the engine replicas, and how
+    #: long a piece may be retried across replicas (a replica died) before it fails.
+    ray_address: str = "auto"
+    ray_app: str = "voxgate"
+    ray_deployment: str = "EngineReplica"
+    ray_retry_s: float = 60.0
+    #: Pieces per request to a replica: 1 (default) balances and retries piece by piece; more cuts
+    #: Ray's per-request cost (benchmarks/README.md, "Ray Serve: the hop per piece").
+    ray_pieces_per_request: int = 1
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,6 +31,7 @@ from websockets.http11 import Request, Response
 from gateway.adapters import adapter_refusal, find_adapter, serve_adapter
 from gateway.config import Config
 from gateway.engines import Engine, SynthesisItem, create_engine
+from gateway.engines.base import ScheduleHints
 from gateway.engines.worker import EngineWorker, G2PWorker
 from gateway.errors import (
     CloseCode,
@@ -602,8 +603,13 @@ class Gateway:
         loop = asyncio.get_running_loop()
         self._update_queue_depth()
         self.metrics.batch_size.observe(len(batch.pieces))
+        sent_at = loop.time()
+        # Only an engine that schedules remotely (Ray Serve replicas) needs the ordering facts.
+        remote = self.engine is not None and self.engine.schedules_remotely
         items = [
-            SynthesisItem(phonemes=p.phonemes, voice=p.voice, speed=p.speed, seed=p.seed, text=p.text)
+            SynthesisItem(
+                phonemes=p.phonemes, voice=p.voice, speed=p.speed, seed=p.seed, text=p.text, hints=_schedule_hints(p, sent_at) if remote else None
+            )
             for p in batch.pieces
         ]
         started = time.perf_counter()
@@ -666,6 +672,19 @@ class Gateway:
         path = request.path.removeprefix("/web-demo")
         response = static_file_response(self._web_root, path)
         return response or HttpResponse.text(404, "not found")
+
+
+def _schedule_hints(piece: Piece, now: float) -> ScheduleHints:
+    """The piece's ordering facts, relative to now, for an engine that schedules remotely."""
+    due = piece.arrival if piece.deadline is None else piece.deadline() if callable(piece.deadline) else piece.deadline
+    return ScheduleHints(
+        session_id=piece.session_key.session_id,
+        context_id=piece.context_key.context_id,
+        priority=piece.priority,
+        is_first=piece.is_first,
+        due_in_s=due - now,
+        start_within_s=None if piece.start_deadline is None else piece.start_deadline - now,
+    )
 
 
 def _playback_deadline(context: Context, audio_before_s: float) -> Callable[[], float]:

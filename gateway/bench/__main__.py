@@ -14,6 +14,7 @@ BENCHMARKS: dict[str, str] = {
     "soak": "gateway.bench.soak",
     "danmaku": "gateway.bench.danmaku",
     "codecs": "gateway.bench.codecs",
+    "ray-hop": "gateway.bench.ray_mode",
 }
 
 

@@ -76,6 +76,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.bench.machine import machine_info
+from gateway.bench.ray_mode import hop_stats, ray_front_end
 from gateway.engines.base import Engine, SynthesisItem, SynthesisResult
 
 __all__ = [
@@ -471,6 +472,7 @@ class _SharedEngine(Engine):
         self.sample_rate = inner.sample_rate
         self.max_batch_size = inner.max_batch_size
         self.preferred_batch_size = inner.preferred_batch_size
+        self.schedules_remotely = inner.schedules_remotely
 
     def voices(self) -> list[str]:
         return self.inner.voices()
@@ -583,6 +585,7 @@ async def _run_cell(engine: _SharedEngine, config: Any, mode: ModeSpec, n: int, 
     await gateway.start()
     try:
         await _warmup(gateway)
+        hop_stats(engine.inner)  # the warm-up's Ray hops (--ray) are not the cell's
         batch_sum0, batch_count0 = _histogram(gateway.metrics.batch_size)
         busy0, _ = _histogram(gateway.metrics.batch_seconds)
         if gpu:
@@ -667,6 +670,7 @@ async def _run_cell(engine: _SharedEngine, config: Any, mode: ModeSpec, n: int, 
         # CPU used by processes other than the server and its clients, in cores, over the cell:
         # another job on the machine makes every timing of the cell suspect.
         foreign_cores=(max(0.0, (stat1 - stat0) - ours) / window) if stat0 is not None and stat1 is not None and window > 0 else None,
+        **hop_stats(engine.inner),
     )
     return cell
 
@@ -1164,6 +1168,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--noisy-retries", type=int, default=0, help="run a cell again (up to this many times) when other processes used over 0.3 cores during it (default 0)")
     p.add_argument("--quiet-wait-s", type=float, default=0.0, help="before each cell wait up to this long for other processes' CPU load to drop below 0.3 cores (shared machines; default 0: do not wait)")
+    p.add_argument("--ray", type=int, default=0, metavar="REPLICAS", help="serve through REPLICAS engine replicas on a local Ray Serve (the configured engine runs in each; cells record the hop per piece); 0: in-process (default)")
     p.add_argument("--simulate-rtf", type=float, default=0.0, help=argparse.SUPPRESS)
     p.add_argument("--out", default="benchmarks/results", help="output folder (default benchmarks/results)")
     p.add_argument("--render", metavar="JSON", help="only rewrite the .md and .png of an earlier run's .json (into --out)")
@@ -1233,7 +1238,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             import uvloop
 
             runner = uvloop.run
-    result = runner(run_benchmark(args, config))
+    with ray_front_end(config, args.ray) if args.ray else contextlib.nullcontext(config) as config:
+        result = runner(run_benchmark(args, config))
     paths = write_results(result, Path(args.out))
     print(render_table(result))
     print()

@@ -2,7 +2,8 @@
 
 ``create_engine(config)`` builds the configured one: ``kokoro`` (real weights, resolved by
 ``weights.load_kokoro``), ``tiny`` (random weights, same architecture, for tests), ``fake``
-(deterministic tones, for unit tests) or ``realtimetts`` (any RealtimeTTS engine, batch size 1).
+(deterministic tones, for unit tests), ``realtimetts`` (any RealtimeTTS engine, batch size 1) or
+``ray`` (replicas of one of those on a Ray Serve cluster, ``engines.ray_client``).
 """
 
 from __future__ import annotations
@@ -23,6 +24,10 @@ def create_engine(config: EngineConfig) -> Engine:
         from gateway.engines.fake import FakeEngine
 
         return FakeEngine(max_batch_size=config.max_batch_size)
+    if config.kind == "ray":
+        from gateway.engines.ray_client import RayServeEngine
+
+        return RayServeEngine.from_config(config)
     if config.kind == "realtimetts":
         from gateway.engines.realtimetts import RealtimeTTSEngine
 

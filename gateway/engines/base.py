@@ -21,6 +21,7 @@ __all__ = [
     "MAX_PHONEMES",
     "SynthesisItem",
     "SynthesisResult",
+    "ScheduleHints",
     "Engine",
     "EngineError",
     "default_seed",
@@ -43,6 +44,23 @@ def default_seed(phonemes: str, voice: str, speed: float) -> int:
 
 
 @dataclass(frozen=True, slots=True)
+class ScheduleHints:
+    """What a remote scheduler needs to order a piece (``engines.ray_serve``); local engines ignore it.
+
+    Times are relative to when the batch left the caller (monotonic clocks differ across machines):
+    ``due_in_s`` is when the listener needs the audio (inf: playback has not started), ``start_within_s``
+    the TTL left (None: no limit).
+    """
+
+    session_id: str
+    context_id: str
+    priority: int = 0
+    is_first: bool = False
+    due_in_s: float = 0.0
+    start_within_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class SynthesisItem:
     """One piece of speech to synthesize.
 
@@ -57,6 +75,8 @@ class SynthesisItem:
     #: The graphemes the phonemes came from, for engines that read text (RealtimeTTS); phoneme
     #: engines ignore it, and it is not part of ``default_seed``.
     text: str = ""
+    #: Ordering facts for engines that schedule remotely; not part of ``default_seed``.
+    hints: ScheduleHints | None = None
 
     def effective_seed(self) -> int:
         if self.seed is not None:
@@ -100,6 +120,9 @@ class Engine(abc.ABC):
     #: Phoneme characters the engine can read; anything else is dropped by G2P.
     vocab: frozenset[str] = frozenset()
     name: str = "engine"
+    #: True when another scheduler orders the items again (Ray Serve replicas): the server then
+    #: attaches ``ScheduleHints`` to each item.
+    schedules_remotely: bool = False
 
     @abc.abstractmethod
     def voices(self) -> list[str]:
