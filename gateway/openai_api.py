@@ -19,8 +19,12 @@ Request body (JSON), and how it maps:
   ours (a request valid for OpenAI never fails here); values outside it get a 400.
 - ``stream_format``, ``instructions``: ignored (the response always streams raw audio).
 
-WAV is streamed with the "unknown length" sizes (0xFFFFFFFF in the RIFF and data headers) that
-streaming WAV writers use; readers take the data up to the end of the stream. Errors found before
+An answer that is complete before its first byte leaves (a short input: all its audio arrived
+with the first chunk) is sent whole, with a Content-Length and, for WAV, the real RIFF and data
+sizes. A longer answer is streamed as it is synthesized: its WAV header must leave before the
+length is known, so it carries the "unknown length" sizes (0xFFFFFFFF in the RIFF and data
+headers) that streaming WAV writers use; readers take the data up to the end of the stream.
+Errors found before
 the first audio get an HTTP error in OpenAI's shape (``{"error": {"message", "type", "param",
 "code"}}``); an error after audio started ends the stream early and is logged.
 """
@@ -52,6 +56,7 @@ __all__ = [
     "parse_speech_request",
     "resolve_voice",
     "streaming_wav_header",
+    "wav_header",
     "register",
 ]
 
@@ -121,7 +126,7 @@ def parse_speech_request(body: bytes, *, max_chars: int) -> SpeechRequest:
         raise ApiError(400, "'voice' must be a string", param="voice", code="invalid_value")
     fmt = data.get("response_format")
     fmt = "wav" if fmt is None else fmt
-    if fmt not in RESPONSE_FORMATS:
+    if not isinstance(fmt, str) or fmt not in RESPONSE_FORMATS:
         shown = fmt if isinstance(fmt, str) and len(fmt) <= 20 else type(fmt).__name__
         raise ApiError(
             400,
@@ -156,13 +161,20 @@ def resolve_voice(voice: str | None, voices: list[str]) -> str | None:
 
 def streaming_wav_header(sample_rate: int, *, channels: int = 1, sample_width: int = 2) -> bytes:
     """A 44-byte PCM WAV header for a stream of unknown length (RIFF and data sizes 0xFFFFFFFF)."""
+    return wav_header(sample_rate, channels=channels, sample_width=sample_width)
+
+
+def wav_header(sample_rate: int, *, data_bytes: int | None = None, channels: int = 1, sample_width: int = 2) -> bytes:
+    """A 44-byte PCM WAV header for ``data_bytes`` of samples; None: unknown length (0xFFFFFFFF)."""
     unknown = 0xFFFF_FFFF
+    data_size = unknown if data_bytes is None else data_bytes
+    riff_size = unknown if data_bytes is None else 36 + data_bytes
     return struct.pack(
         "<4sI4s4sIHHIIHH4sI",
-        b"RIFF", unknown, b"WAVE",
+        b"RIFF", riff_size, b"WAVE",
         b"fmt ", 16, 1, channels, sample_rate, sample_rate * channels * sample_width, channels * sample_width,
         8 * sample_width,
-        b"data", unknown,
+        b"data", data_size,
     )  # fmt: skip
 
 
@@ -252,11 +264,20 @@ async def _speech(gateway: Gateway, request: HttpRequest) -> HttpResponse:
     except BaseException:
         await _close(client, speech)
         raise
+    content_type = RESPONSE_FORMATS[req.response_format]
+    if speech.done is not None:
+        # Everything arrived with the first chunk (the rest is buffered): one body of known length.
+        chunks = [first.data] if first is not None else []
+        chunks += [chunk.data async for chunk in speech]
+        audio = b"".join(chunks)
+        await _close(client, speech)
+        header = wav_header(SAMPLE_RATE, data_bytes=len(audio)) if req.response_format == "wav" else b""
+        return HttpResponse(200, body=header + audio, content_type=content_type)
     header = streaming_wav_header(SAMPLE_RATE) if req.response_format == "wav" else b""
     return HttpResponse(
         200,
         body=_AudioBody(client, speech, first, header),
-        content_type=RESPONSE_FORMATS[req.response_format],
+        content_type=content_type,
     )
 
 
