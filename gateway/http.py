@@ -192,13 +192,13 @@ class FrontDoor:
         self.release(connection)
         connection.abandon()
 
-    def refuse(self, transport: asyncio.BaseTransport, status: int, message: str) -> None:
+    def refuse(self, transport: asyncio.Transport, status: int, message: str) -> None:
         """Answer a refused request with a small fixed response, then close."""
-        if isinstance(transport, asyncio.WriteTransport) and not transport.is_closing():
+        if not transport.is_closing():
             transport.write(simple_response(status, message))
         transport.close()
 
-    def serve_http(self, head: RequestHead, transport: asyncio.BaseTransport) -> None:
+    def serve_http(self, head: RequestHead, transport: asyncio.Transport) -> None:
         """Hand the connection to an ``HttpExchange`` (or answer 503 past the cap)."""
         if len(self._exchanges) >= self.limits.max_http_connections:
             self.flood.note("http_busy", f"{self.limits.max_http_connections} HTTP requests in progress: answering 503")
@@ -234,7 +234,8 @@ class _FrontDoorConnection(ServerConnection):
     _raw = b""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._front_transport = transport
+        # A stream transport (uvloop's are not asyncio.Transport subclasses, so no isinstance).
+        self._front_transport: asyncio.Transport = transport  # type: ignore[assignment]
         self.door.admit(self)
 
     def data_received(self, data: bytes) -> None:
@@ -263,7 +264,7 @@ class _FrontDoorConnection(ServerConnection):
     def abandon(self) -> None:
         """Close a connection that sent no complete head in time: 408 if it sent part of one."""
         transport = self._front_transport
-        if self._raw and isinstance(transport, asyncio.WriteTransport) and not transport.is_closing():
+        if self._raw and not transport.is_closing():
             transport.write(simple_response(408, "request head not received in time"))
         transport.close()
 

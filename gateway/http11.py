@@ -216,8 +216,8 @@ class HttpExchange(asyncio.Protocol):
     # --- asyncio.Protocol -----------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # A stream transport (uvloop's are not asyncio.Transport subclasses, so no isinstance).
+        self._transport = transport  # type: ignore[assignment]
         transport.set_write_buffer_limits(high=65_536)
 
     def data_received(self, data: bytes) -> None:

@@ -335,3 +335,23 @@ def test_deadlines_and_caps_are_validated() -> None:
     for key, value in [("server.http_head_timeout_s", 0), ("server.max_pending_heads", 0), ("server.max_http_connections", 0)]:
         with pytest.raises(ConfigError, match=rf"{key} must be (> 0|>= 1)"):
             test_config(**{key: value})
+
+
+def test_the_front_door_works_on_uvloop_as_served_in_production() -> None:
+    uvloop = pytest.importorskip("uvloop")
+
+    async def main() -> list[int]:
+        overrides = {"engine.kind": "fake", "engine.preload_langs": "", "server.http_head_timeout_s": DEADLINE_S}
+        async with run_server(overrides) as gateway:
+            reader, writer = await open_raw(gateway.port)
+            writer.write(b"GET /healthz HTTP/1.1\r\n")
+            answers = [
+                await exchange(gateway.port, get("/healthz")),
+                await exchange(gateway.port, get("/healthz", "Origin: a", "Origin: b")),
+                await exchange(gateway.port, post("/v1/models", b"x" * 300_000)),
+                await asyncio.wait_for(read_to_end(reader), 10 * DEADLINE_S),
+            ]
+            writer.close()
+            return [status_of(answer) for answer in answers]
+
+    assert uvloop.run(main()) == [200, 400, 413, 408]
