@@ -22,8 +22,10 @@ head deadlines (``gateway.http.FrontDoor``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -63,6 +65,10 @@ SINGLE_HEADERS = frozenset(
 _BARE_LF = re.compile(rb"(?<!\r)\n")
 #: Bytes a client may keep sending after its request is read before we stop reading it.
 _MAX_TRAILING_BYTES = 65_536
+#: The kernel send buffer of an HTTP connection. Left to autotuning it grows to tcp_wmem's maximum
+#: (4 MiB by default: 90 s of 24 kHz speech), so a client that stops reading would not block a
+#: write, and meet the write deadline, for minutes. Linux doubles it: 128 KiB, ~2.7 s of speech.
+SEND_BUFFER_BYTES = 65_536
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,7 +224,11 @@ class HttpExchange(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # A stream transport (uvloop's are not asyncio.Transport subclasses, so no isinstance).
         self._transport = transport  # type: ignore[assignment]
-        transport.set_write_buffer_limits(high=65_536)
+        transport.set_write_buffer_limits(high=65_536)  # type: ignore[attr-defined]
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
 
     def data_received(self, data: bytes) -> None:
         if self._request_read:
