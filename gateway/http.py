@@ -153,6 +153,7 @@ class FrontDoor:
         self._pending: dict[_FrontDoorConnection, asyncio.TimerHandle] = {}
         self._exchanges: set[asyncio.Task[None]] = set()
         self.connection_class: type[ServerConnection] = type("FrontDoorConnection", (_FrontDoorConnection,), {"door": self})
+        _warn_if_few_file_descriptors(limits)
 
     @property
     def num_pending_heads(self) -> int:
@@ -220,6 +221,25 @@ class FrontDoor:
         for connection in list(self._pending):
             self._expire(connection)
         self.flood.close()
+
+
+def _warn_if_few_file_descriptors(limits: FrontDoorLimits) -> None:
+    """The caps protect /healthz and WebSocket clients only if they fit in the process's file
+    descriptors with room to spare: say so at start when they do not."""
+    try:
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    except (ImportError, OSError, ValueError):  # pragma: no cover - not on Unix
+        return
+    needed = limits.max_pending_heads + limits.max_http_connections + 128
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        logger.warning(
+            "file descriptor limit %d is below server.max_pending_heads + server.max_http_connections + 128 = %d: "
+            "raise it (ulimit -n) or lower those caps, or a flood of idle sockets can still starve new clients",
+            soft,
+            needed,
+        )
 
 
 class _FrontDoorConnection(ServerConnection):

@@ -260,6 +260,12 @@ async def test_a_response_format_that_is_not_a_string_gets_400(gw: Gateway, fmt:
     assert status_of(answer) == 400 and b'"param":"response_format"' in answer
 
 
+@pytest.mark.parametrize("speed", [b"1e400", b"-1e400", b"1" + b"0" * 30, b"18446744073709551616"])
+async def test_an_overflowing_number_in_the_body_gets_400(gw: Gateway, speed: bytes) -> None:
+    body = b'{"input": "Hi.", "speed": ' + speed + b"}"
+    assert status_of(await exchange(gw.port, post(f"/v1/audio/speech?token={TOKEN}", body))) == 400
+
+
 async def test_an_over_long_path_segment_is_404_and_a_newline_in_it_forges_no_log_line(
     gw: Gateway, caplog: pytest.LogCaptureFixture
 ) -> None:
