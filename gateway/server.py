@@ -30,6 +30,7 @@ from websockets.http11 import Request, Response
 
 from gateway.config import Config
 from gateway.engines import Engine, SynthesisItem, create_engine
+from gateway.engines.facts import EngineFacts
 from gateway.engines.worker import EngineWorker, G2PWorker
 from gateway.errors import (
     CloseCode,
@@ -38,7 +39,6 @@ from gateway.errors import (
     SessionRefused,
     VoxgateError,
 )
-from gateway.engines.facts import EngineFacts
 from gateway.http import (
     FrontDoor,
     FrontDoorLimits,
