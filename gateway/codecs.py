@@ -240,15 +240,22 @@ class PacketEncoder:
 
 def streaming_wav_header(sample_rate: int, *, channels: int = 1, sample_width: int = 2) -> bytes:
     """A 44-byte PCM WAV header for a stream of unknown length (RIFF and data sizes 0xFFFFFFFF)."""
+    return wav_header(sample_rate, channels=channels, sample_width=sample_width)
+
+
+def wav_header(sample_rate: int, *, data_bytes: int | None = None, channels: int = 1, sample_width: int = 2) -> bytes:
+    """A 44-byte PCM WAV header for ``data_bytes`` of samples; None: unknown length (0xFFFFFFFF)."""
     import struct
 
     unknown = 0xFFFF_FFFF
+    data_size = unknown if data_bytes is None else data_bytes
+    riff_size = unknown if data_bytes is None else 36 + data_bytes
     return struct.pack(
         "<4sI4s4sIHHIIHH4sI",
-        b"RIFF", unknown, b"WAVE",
+        b"RIFF", riff_size, b"WAVE",
         b"fmt ", 16, 1, channels, sample_rate, sample_rate * channels * sample_width, channels * sample_width,
         8 * sample_width,
-        b"data", unknown,
+        b"data", data_size,
     )  # fmt: skip
 
 

@@ -70,6 +70,21 @@ class ServerConfig:
     shutdown_grace_s: float = 10.0
     use_uvloop: bool = True
     log_level: str = "info"
+    #: Every connection must send its whole request head (HTTP or WebSocket upgrade) within this
+    #: time; idle and slowloris connections are closed after it.
+    http_head_timeout_s: float = 10.0
+    #: An HTTP request body must arrive within this time after its head (408 otherwise).
+    http_body_timeout_s: float = 30.0
+    #: An HTTP response write that cannot leave within this time (the client stopped reading) ends
+    #: the connection and frees its work (a speech request's session and contexts).
+    http_write_timeout_s: float = 15.0
+    #: Plain HTTP requests served at once; more are answered 503.
+    max_http_connections: int = 64
+    #: Connections still sending their request head; past it the oldest is closed, so idle sockets
+    #: cannot use up the file descriptors that health checks and WebSocket clients need.
+    max_pending_heads: int = 256
+    #: With ``auth_token`` set, ``/metrics`` needs the token too unless this is true.
+    metrics_public: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -385,6 +400,11 @@ def _validate(config: Config) -> None:
         (0 <= config.server.port <= 65_535, "server.port must be 0..65535"),
         (config.server.max_sessions >= 1, "server.max_sessions must be >= 1"),
         (config.server.max_message_bytes >= 1_024, "server.max_message_bytes must be >= 1024"),
+        (config.server.http_head_timeout_s > 0, "server.http_head_timeout_s must be > 0"),
+        (config.server.http_body_timeout_s > 0, "server.http_body_timeout_s must be > 0"),
+        (config.server.http_write_timeout_s > 0, "server.http_write_timeout_s must be > 0"),
+        (config.server.max_http_connections >= 1, "server.max_http_connections must be >= 1"),
+        (config.server.max_pending_heads >= 1, "server.max_pending_heads must be >= 1"),
         (8_000 <= config.session.default_sample_rate <= 48_000, "session.default_sample_rate must be 8000..48000"),
         (10 <= config.session.default_frame_ms <= 1_000, "session.default_frame_ms must be 10..1000"),
         (

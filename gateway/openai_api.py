@@ -25,8 +25,12 @@ Request body (JSON), and how it maps:
   OpenAI does: ``text/event-stream`` of ``speech.audio.delta`` events (base64 ``audio`` in the
   requested ``response_format``) then one ``speech.audio.done`` with ``usage``.
 
-WAV is streamed with the "unknown length" sizes (0xFFFFFFFF in the RIFF and data headers) that
-streaming WAV writers use; readers take the data up to the end of the stream. Errors found before
+An answer that is complete before its first byte leaves (a short input: all its audio arrived
+with the first chunk) is sent whole, with a Content-Length and, for WAV, the real RIFF and data
+sizes. A longer answer is streamed as it is synthesized: its WAV header must leave before the
+length is known, so it carries the "unknown length" sizes (0xFFFFFFFF in the RIFF and data
+headers) that streaming WAV writers use; readers take the data up to the end of the stream.
+Errors found before
 the first audio get an HTTP error in OpenAI's shape (``{"error": {"message", "type", "param",
 "code"}}``); an error after audio started ends the stream early and is logged.
 """
@@ -47,7 +51,7 @@ import numpy as np
 import orjson
 
 from gateway.client import AudioChunk, Speech, VoxgateClient, VoxgateClientError, VoxgateConnectionError
-from gateway.codecs import HTTP_FORMATS, StreamEncoder, streaming_wav_header
+from gateway.codecs import HTTP_FORMATS, StreamEncoder, streaming_wav_header, wav_header
 from gateway.http import HttpRequest, HttpResponse
 from gateway.protocol import SPEED_RANGE
 
@@ -66,6 +70,7 @@ __all__ = [
     "parse_voice_map",
     "resolve_voice",
     "streaming_wav_header",
+    "wav_header",
     "register",
 ]
 
@@ -152,7 +157,7 @@ def parse_speech_request(body: bytes, *, max_chars: int) -> SpeechRequest:
         raise ApiError(400, "'instructions' must be a string", param="instructions", code="invalid_value")
     fmt = data.get("response_format")
     fmt = DEFAULT_RESPONSE_FORMAT if fmt is None else fmt
-    if fmt not in RESPONSE_FORMATS:
+    if not isinstance(fmt, str) or fmt not in RESPONSE_FORMATS:
         raise ApiError(
             400,
             f"response_format {_shown(fmt)} is not supported; use one of: {', '.join(RESPONSE_FORMATS)}",
@@ -305,7 +310,7 @@ async def _audio_models(gateway: Gateway, request: HttpRequest) -> HttpResponse:
 
 
 async def _audio_voices(gateway: Gateway, request: HttpRequest) -> HttpResponse:
-    engine_voices = gateway.engine.voices() if gateway.engine is not None else []
+    engine_voices = list(gateway.engine_facts.voices) if gateway.engine_facts is not None else []
     voices = [{"id": voice, "name": voice} for voice in engine_voices]
     voices += [{"id": name, "name": f"{name} (OpenAI name)"} for name in OPENAI_VOICES if name not in engine_voices]
     return HttpResponse.json(200, {"voices": voices})
@@ -349,11 +354,21 @@ async def _speech(gateway: Gateway, request: HttpRequest) -> HttpResponse:
     except BaseException:
         await _close(client, speech)
         raise
+    content_type = RESPONSE_FORMATS[req.response_format]
+    if speech.done is not None and req.response_format in ("wav", "pcm") and req.stream_format != "sse":
+        # Everything arrived with the first chunk (the rest is buffered): one body of known length,
+        # so the WAV header carries the real sizes. Encoded formats keep their own framing.
+        chunks = [first.data] if first is not None else []
+        chunks += [chunk.data async for chunk in speech]
+        audio = b"".join(chunks)
+        await _close(client, speech)
+        header = wav_header(SAMPLE_RATE, data_bytes=len(audio)) if req.response_format == "wav" else b""
+        return HttpResponse(200, body=header + audio, content_type=content_type)
     sse = req.stream_format == "sse"
     return HttpResponse(
         200,
         body=_AudioBody(client, speech, first, req.response_format, sse=sse),
-        content_type="text/event-stream" if sse else RESPONSE_FORMATS[req.response_format],
+        content_type="text/event-stream" if sse else content_type,
     )
 
 

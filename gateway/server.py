@@ -32,6 +32,7 @@ from gateway.adapters import adapter_refusal, find_adapter, serve_adapter
 from gateway.config import Config
 from gateway.engines import Engine, SynthesisItem, create_engine
 from gateway.engines.base import ScheduleHints
+from gateway.engines.facts import EngineFacts
 from gateway.engines.worker import EngineWorker, G2PWorker
 from gateway.errors import (
     CloseCode,
@@ -41,11 +42,13 @@ from gateway.errors import (
     VoxgateError,
 )
 from gateway.http import (
+    FrontDoor,
+    FrontDoorLimits,
     HttpRequest,
     HttpResponse,
-    make_front_door,
     static_file_response,
 )
+from gateway.logsafe import install as install_log_hygiene
 from gateway.metrics import CONTENT_TYPE_LATEST, Metrics
 from gateway.protocol import context_id_of, dumps
 from gateway.scheduler import FINISHED_REASONS, Batch, Piece, Scheduler
@@ -134,12 +137,16 @@ class Gateway:
 
     def __init__(self, config: Config, *, engine_factory: Callable[[], Engine] | None = None) -> None:
         self.config = config
+        install_log_hygiene([config.server.auth_token])
         self.metrics = Metrics()
         self._engine_factory = engine_factory or (lambda: create_engine(config.engine))
         self.worker = EngineWorker(self._engine_factory, warmup=config.engine.warmup)
         self.g2p = G2PWorker(self._make_g2p)
         self.scheduler: Scheduler | None = None
         self.engine: Engine | None = None
+        #: Read once on the engine thread at load (see ``EngineFacts``).
+        self.engine_facts: EngineFacts | None = None
+        self._front_door: FrontDoor | None = None
         self._runtimes: dict[str, _Runtime] = {}
         self._wake = asyncio.Event()
         self._scheduler_task: asyncio.Task[None] | None = None
@@ -162,12 +169,14 @@ class Gateway:
         """Load the engine (on its thread) and G2P, then listen. Returns once serving."""
         loop = asyncio.get_running_loop()
         self.engine = await asyncio.wrap_future(self.worker.start())
-        self._voices = self.engine.voices()
+        facts = self.engine_facts = self.worker.facts
+        assert facts is not None
+        self._voices = list(facts.voices)
         self._langs = self._available_langs()
         self.scheduler = Scheduler(
             self.config.scheduler,
-            engine_preferred_batch=self.engine.preferred_batch_size,
-            engine_max_batch=self.engine.max_batch_size,
+            engine_preferred_batch=facts.preferred_batch_size,
+            engine_max_batch=facts.max_batch_size,
         )
         preload = [lang for lang in self.config.engine.preload_langs if lang in self._langs]
         await asyncio.wrap_future(self.g2p.preload(preload))
@@ -175,11 +184,12 @@ class Gateway:
         self._scheduler_task = loop.create_task(self._scheduler_loop(), name="voxgate-scheduler")
         self._lag_task = loop.create_task(self._watch_loop_lag(), name="voxgate-loop-lag")
         server_config = self.config.server
+        self._front_door = FrontDoor(self._handle_http, FrontDoorLimits.from_config(server_config))
         self._ws_server = await serve(
             self._handle_ws,
             server_config.host,
             server_config.port,
-            create_connection=make_front_door(self._handle_http, max_body_bytes=server_config.max_http_body_bytes),
+            create_connection=self._front_door.connection_class,
             process_request=self._process_request,
             # Our own limit (max_message_bytes) answers with an error and keeps the session; this hard
             # limit, far above it, closes with 1009 before a huge message is even buffered.
@@ -194,7 +204,7 @@ class Gateway:
             server_config.host,
             self.port,
             STREAM_PATH,
-            self.engine.name,
+            facts.name,
             self.scheduler.max_batch_pieces,
             self.scheduler.mode,
         )
@@ -206,6 +216,8 @@ class Gateway:
         self._draining = True
         if self._ws_server is not None:
             self._ws_server.close(close_connections=False)
+        if self._front_door is not None:
+            self._front_door.close()
         deadline = time.monotonic() + grace
         while time.monotonic() < deadline and any(
             rt.session.contexts or rt.session.has_outgoing for rt in self._runtimes.values() if rt.ws is not None
@@ -271,20 +283,28 @@ class Gateway:
         return None
 
     def _check_access(self, headers: Headers | dict[str, str], query: dict[str, list[str]]) -> tuple[int, str] | None:
+        # The front door refuses a request with two Origin or Authorization headers, so one
+        # value (or none) is all there is to read here.
         server = self.config.server
         if server.allowed_origins:
             origin = headers.get("Origin") or headers.get("origin")
             if origin is not None and origin not in server.allowed_origins:
                 return 403, "origin not allowed"
-        if server.auth_token:
-            supplied = ""
-            auth = headers.get("Authorization") or headers.get("authorization") or ""
-            if auth.lower().startswith("bearer "):
-                supplied = auth[7:].strip()
-            supplied = supplied or (query.get("token") or [""])[0]
-            if not hmac.compare_digest(supplied.encode(), server.auth_token.encode()):
-                return 401, "missing or wrong token"
+        if server.auth_token and not self._authenticated(headers, query):
+            return 401, "missing or wrong token"
         return None
+
+    def _authenticated(self, headers: Headers | dict[str, str], query: dict[str, list[str]]) -> bool:
+        """True when a token is configured and the request carries it (compared in constant time)."""
+        token = self.config.server.auth_token
+        if not token:
+            return False
+        supplied = ""
+        auth = headers.get("Authorization") or headers.get("authorization") or ""
+        if auth.lower().startswith("bearer "):
+            supplied = auth[7:].strip()
+        supplied = supplied or (query.get("token") or [""])[0]
+        return hmac.compare_digest(supplied.encode(), token.encode())
 
     # --- WebSocket sessions ---------------------------------------------------------------------
 
@@ -657,13 +677,17 @@ class Gateway:
             return await route(request)
         if request.method not in ("GET", "HEAD"):
             return HttpResponse.text(405, "method not allowed")
+        # Health probes stay open (load balancers carry no token) but say nothing internal; the
+        # demo page and its files are public too (the page needs the token, ?token=, to open a
+        # session); metrics need the token unless server.metrics_public.
         if request.path == "/healthz":
             return HttpResponse.json(200, {"status": "ok"})
         if request.path == "/readyz":
-            ready = self.worker.alive and self.scheduler is not None and not self._draining
-            body = {"ready": ready, "engine": self.engine.describe() if self.engine else None}
-            return HttpResponse.json(200 if ready else 503, body)
+            return self._readiness(request)
         if request.path == "/metrics":
+            server = self.config.server
+            if server.auth_token and not server.metrics_public and not self._authenticated(request.headers, request.query):
+                return HttpResponse.text(401, "missing or wrong token")
             if self.scheduler is not None:
                 self.metrics.queue_depth.set(self.scheduler.num_queued)
             return HttpResponse(200, self.metrics.render(), content_type=CONTENT_TYPE_LATEST)
@@ -672,6 +696,24 @@ class Gateway:
         path = request.path.removeprefix("/web-demo")
         response = static_file_response(self._web_root, path)
         return response or HttpResponse.text(404, "not found")
+
+    def _readiness(self, request: HttpRequest) -> HttpResponse:
+        """``/readyz``: ready or not for anyone; engine facts without paths when no token is set,
+        the engine's full description (device, weights source) only with the token."""
+        ready = (
+            self.worker.alive
+            and self.scheduler is not None
+            and not self._draining
+            and bool(getattr(self, "scheduler_alive", True))
+        )
+        body: dict[str, Any] = {"ready": ready}
+        facts = self.engine_facts
+        if facts is not None:
+            if not self.config.server.auth_token:
+                body["engine"] = facts.public()
+            elif self._authenticated(request.headers, request.query):
+                body["engine"] = dict(facts.description)
+        return HttpResponse.json(200 if ready else 503, body)
 
 
 def _schedule_hints(piece: Piece, now: float) -> ScheduleHints:

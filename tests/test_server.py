@@ -255,6 +255,8 @@ async def test_http_endpoints_answer_and_metrics_expose_the_named_series() -> No
         status = {p: await asyncio.to_thread(http_get, gw.port, p) for p in ["/healthz", "/readyz", "/metrics", "/", "/v1/stream", "/nope"]}
     assert status["/healthz"][0] == 200 and status["/readyz"][0] == 200
     assert orjson.loads(status["/readyz"][1])["ready"] is True
+    # No token configured: the engine is named, but no path or device (the full description needs a token).
+    assert set(orjson.loads(status["/readyz"][1])["engine"]) == {"name", "num_voices", "max_batch_size", "preferred_batch_size"}
     assert status["/"][0] == 200 and b"<html" in status["/"][1].lower()
     assert status["/v1/stream"][0] == 426 and status["/nope"][0] == 404
     text = status["/metrics"][1].decode()

@@ -7,7 +7,8 @@
 // per context, so frame boundaries are seamless), then posted to the worklet.
 //
 // Query parameters: ?ws=ws://host:port/v1/stream (default: this page's host), ?sessions=N (open the
-// multi-session panel with N sessions on load), ?prebuffer=MS (worklet start-up buffer, default 40).
+// multi-session panel with N sessions on load), ?prebuffer=MS (worklet start-up buffer, default 40),
+// ?token=T (the server's auth_token: the page itself is public, its sessions need the token).
 //
 // State for tests and curious people: window.voxgateDemo (see `snapshot()` below).
 
@@ -16,6 +17,15 @@ import { VoxgateClient, StreamResampler } from './voxgate.js';
 const params = new URLSearchParams(location.search);
 const WS_URL = params.get('ws') || `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/v1/stream`;
 const PREBUFFER_MS = Number(params.get('prebuffer') ?? 40);
+const TOKEN = params.get('token');
+
+/** The WebSocket URL with the page's ?token= (browsers cannot set an Authorization header). */
+function sessionUrl() {
+  if (!TOKEN) return WS_URL;
+  const url = new URL(WS_URL);
+  url.searchParams.set('token', TOKEN);
+  return url.toString();
+}
 
 const MULTI_TEXTS = [
   'The quick brown fox jumps over the lazy dog.',
@@ -162,7 +172,7 @@ class Channel extends EventTarget {
     node.connect(this.gain).connect(this.panner).connect(this.analyser).connect(audio.ctx.destination);
     this.node = node;
 
-    const client = new VoxgateClient(WS_URL);
+    const client = new VoxgateClient(sessionUrl());
     this.client = client;
     client.addEventListener('message', (e) => this.onMessage(e.detail));
     client.addEventListener('audio', (e) => this.onAudio(e.detail));

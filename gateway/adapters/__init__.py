@@ -66,7 +66,7 @@ async def serve_adapter(gateway: Gateway, ws: Any, adapter: Adapter) -> None:
     path, _, query = ws.request.path.partition("?")
     compat = gateway.config.compat
     voices = VoiceResolver(
-        gateway.engine.voices() if gateway.engine is not None else [],
+        list(gateway.engine_facts.voices) if gateway.engine_facts is not None else [],
         voice_map=parse_voice_map(compat.voice_map),
         default_voice=compat.default_voice,
     )

@@ -12,6 +12,7 @@ import logging
 from collections.abc import Callable, Sequence
 
 from gateway.engines.base import Engine, EngineError, SynthesisItem, SynthesisResult
+from gateway.engines.facts import EngineFacts
 from gateway.errors import EngineFailed
 
 __all__ = ["EngineWorker", "G2PWorker", "BatchOutcome"]
@@ -45,6 +46,8 @@ class EngineWorker:
         self.ready = False
         self.failed_batches_in_row = 0
         self.load_error: BaseException | None = None
+        #: Read on this thread at load; the event loop reads these, never the engine itself.
+        self.facts: EngineFacts | None = None
 
     def start(self) -> concurrent.futures.Future[Engine]:
         return self._executor.submit(self._load)
@@ -59,8 +62,9 @@ class EngineWorker:
             logger.error("engine failed to load", exc_info=True)
             raise
         self.engine = engine
+        self.facts = EngineFacts.of(engine)
         self.ready = True
-        logger.info("engine ready: %s", engine.describe())
+        logger.info("engine ready: %s", dict(self.facts.description))
         return engine
 
     @property
