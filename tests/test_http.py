@@ -247,7 +247,7 @@ async def test_a_client_that_stops_reading_speech_is_cut_off_and_its_session_fre
 
 
 async def test_a_short_wav_answer_carries_its_real_sizes(gw: Gateway) -> None:
-    answer = await exchange(gw.port, post(f"/v1/audio/speech?token={TOKEN}", speech_body(input="Hello.")))
+    answer = await exchange(gw.port, post(f"/v1/audio/speech?token={TOKEN}", speech_body(input="Hello.", response_format="wav")))
     head, _, body = answer.partition(b"\r\n\r\n")
     assert status_of(answer) == 200 and f"Content-Length: {len(body)}".encode() in head
     riff_size, data_size = struct.unpack_from("<I", body, 4)[0], struct.unpack_from("<I", body, 40)[0]
