@@ -256,3 +256,126 @@ async def test_the_bridge_runs_as_a_subprocess_and_writes_one_wav_per_line(serve
     with wave.open(done["wav"]) as wav:
         assert wav.getframerate() == 24_000
         assert wav.getnframes() / 24 == pytest.approx(done["audio_ms"], abs=25)
+
+
+# --- the event-order contract (docs/npc.md) -----------------------------------------------------------
+
+
+def check_visemes_precede_their_audio(events: list[NpcEvent]) -> None:
+    """Before each audio chunk goes out, the visemes sent so far cover it; they stay contiguous."""
+    covered = 0.0
+    for event in events:
+        if event.kind == "viseme":
+            assert event.data["start_ms"] == pytest.approx(covered, abs=1e-6), event
+            covered = event.data["end_ms"]
+        elif event.kind == "audio":
+            chunk_end_ms = (event.data["offset_samples"] + len(event.data["samples"])) * 1000.0 / 24_000
+            assert covered >= chunk_end_ms - 0.05, (event.data["seq"], covered, chunk_end_ms)
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_every_chunk_of_audio_comes_after_the_visemes_that_cover_it_silences_included(server_url: str) -> None:
+    client = await connect(server_url)
+    try:
+        log: list[NpcEvent] = []
+        hook = NpcHook(client, on_event=log.append, stream_audio=True)
+        handle = await hook.say("guard", LONG_LINE)
+        assert await handle.wait() == "done"
+        assert [e.kind for e in log][0] == "started" and log[-1].kind == "done"
+        check_visemes_precede_their_audio(log)
+        last_viseme = [e for e in log if e.kind == "viseme"][-1]
+        assert last_viseme.data["end_ms"] == pytest.approx(log[-1].data["audio_ms"], abs=0.1)
+    finally:
+        await client.close()
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_a_line_cut_before_any_audio_still_starts_with_started(server_url: str) -> None:
+    client = await connect(server_url)
+    try:
+        hook = NpcHook(client, stream_audio=True)
+        handle = await hook.start("guard", LONG_LINE)
+        await handle.cancel()
+        events = [event async for event in handle]
+        assert [e.kind for e in events] == ["started", "interrupted"]
+        assert events[0].data["latency_ms"] is None  # no audio came
+        assert events[1].data == {"at_ms": 0.0, "at_sample": 0, "last_seq": None, "by": "interrupt"}
+    finally:
+        await client.close()
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_a_cut_line_has_visemes_up_to_the_audio_delivered_and_says_how_much_was_delivered(server_url: str) -> None:
+    client = await connect(server_url)
+    try:
+        log: list[NpcEvent] = []
+        hook = NpcHook(client, on_event=log.append, stream_audio=True)
+        handle = await hook.say("guard", LONG_LINE)
+        while handle.audio_ms < 600 and not handle.done():
+            await asyncio.sleep(0.01)
+        await hook.interrupt("guard")
+        assert handle.outcome == "interrupted"
+        check_visemes_precede_their_audio(log)
+        cut = log[-1]
+        audio = [e for e in log if e.kind == "audio"]
+        assert cut.kind == "interrupted" and audio
+        assert cut.data["last_seq"] == audio[-1].data["seq"]
+        assert cut.data["at_sample"] == audio[-1].data["offset_samples"] + len(audio[-1].data["samples"])
+        assert cut.data["at_ms"] == pytest.approx(cut.data["at_sample"] / 24, abs=0.1)
+        assert max(e.data["end_ms"] for e in log if e.kind == "viseme") >= cut.data["at_ms"]
+    finally:
+        await client.close()
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_the_bridge_streams_the_rate_and_format_the_game_asked_for(server_url: str) -> None:
+    from gateway.client import VoxgateClient
+
+    client = VoxgateClient(server_url, alignment=True, sample_rate=16_000, format="pcm_f32le")
+    await client.connect()
+    events: list[dict[str, Any]] = []
+    try:
+        script = commands({"cmd": "say", "npc": "innkeeper", "line": "Welcome, friend.", "id": "i1"})
+        await asyncio.wait_for(serve_bridge(client, script, events.append, audio="stream"), 60)
+    finally:
+        await client.close()
+    assert events[0]["sample_rate"] == 16_000 and events[0]["format"] == "pcm_f32le"
+    line = [e for e in events if e.get("line_id") == "i1"]
+    assert line[0]["event"] == "started" and line[0]["sample_rate"] == 16_000
+    audio = [e for e in line if e["event"] == "audio"]
+    assert audio and all("pcm_f32le" in e and "pcm_s16le" not in e for e in audio)
+    samples = np.concatenate([np.frombuffer(base64.b64decode(e["pcm_f32le"]), "<f4") for e in audio])
+    assert np.all(np.isfinite(samples)) and np.abs(samples).max() > 0
+    assert len(samples) == pytest.approx(line[-1]["audio_ms"] * 16, abs=16 * 25)
+
+
+# --- the bridge as a game runs it -----------------------------------------------------------------------
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_quit_ends_the_bridge_cleanly_while_the_game_keeps_stdin_open(server_url: str, tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway.integrations.npc", "--url", server_url, "--audio", "none", "--no-warmup",
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=str(tmp_path),
+    )
+    assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+    try:
+        proc.stdin.write(b'{"cmd":"say","npc":"guard","line":"Halt! Who goes there?","id":"g1"}\n')
+        await proc.stdin.drain()
+        events: list[dict[str, Any]] = []
+        while not events or events[-1]["event"] != "started":
+            events.append(orjson.loads(await asyncio.wait_for(proc.stdout.readline(), 60)))
+        proc.stdin.write(b'{"cmd":"quit"}\n')
+        await proc.stdin.drain()
+        while events[-1]["event"] != "bye":
+            events.append(orjson.loads(await asyncio.wait_for(proc.stdout.readline(), 60)))
+        returncode = await asyncio.wait_for(proc.wait(), 30)  # stdin is still open, as a game keeps it
+        stderr = (await proc.stderr.read()).decode()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert returncode == 0 and stderr.strip() == "", stderr
+    g1 = [e["event"] for e in events if e.get("line_id") == "g1"]
+    assert g1[0] == "started" and g1[-1] in ("interrupted", "done")
