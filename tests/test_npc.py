@@ -429,3 +429,14 @@ async def test_the_godot3_client_runs_headless_speaks_interrupts_and_reads_visem
     assert samples["g2"] == pytest.approx(g2[-1]["audio_ms"] * 24, abs=24 * 25)
     g1_visemes = [e for e in g1 if e["event"] == "viseme"]
     assert g1_visemes and g1_visemes[-1]["end_ms"] >= g1[-1]["at_ms"]
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_the_npc_benchmark_measures_every_round(server_url: str) -> None:
+    from gateway.bench.npc import MEASURES, run_npc_bench
+
+    report = await asyncio.wait_for(run_npc_bench(server_url, rounds=1, engine="tiny"), 120)
+    assert report.errors == []
+    assert {name: len(values) for name, values in report.samples_ms.items()} == {name: 1 for name in MEASURES}
+    assert report.samples_ms["two_npcs_first_ms"][0] <= report.samples_ms["two_npcs_second_ms"][0]
+    assert "| say -> first audio (quiet) | 1 |" in report.table()
