@@ -106,6 +106,41 @@ def test_visemes_of_any_pieces_are_ordered_contiguous_and_cover_the_audio(pieces
         assert_contiguous(visemes, offset_ms)
 
 
+@given(
+    pieces=st.lists(
+        st.tuples(
+            st.text(alphabet=_vocab, min_size=1, max_size=30),
+            st.lists(st.integers(0, 6), min_size=32, max_size=32),
+            st.lists(st.integers(1, 400), max_size=4),  # chunk ends (ms into the piece) the audio reaches
+        ),
+        min_size=1,
+        max_size=4,
+    )
+)
+@settings(max_examples=150, deadline=None)
+def test_cover_sends_visemes_up_to_each_chunk_before_it_and_keeps_the_track_contiguous(
+    pieces: list[tuple[str, list[int], list[int]]],
+) -> None:
+    track = VisemeTrack()
+    visemes: list[Viseme] = []
+    offset_ms = 0.0
+    for phonemes, frames, chunk_ends in pieces:
+        durations = np.array(frames[: len(phonemes) + 2])
+        _, timings = piece_alignment([], phonemes, durations, offset_ms)
+        visemes += track.feed(timings)
+        piece_ms = 25.0 * durations.sum()
+        for end in sorted(chunk_ends) + [piece_ms]:
+            until = offset_ms + min(end, piece_ms)
+            visemes += track.cover(until)
+            assert until == 0 or visemes[-1].end_ms >= round(until, 1)
+        offset_ms += piece_ms
+    visemes += track.finish(offset_ms)
+    if offset_ms == 0:
+        assert visemes == []
+    else:
+        assert_contiguous(visemes, offset_ms)
+
+
 # --- the hook on a real server --------------------------------------------------------------------
 
 
