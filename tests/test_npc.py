@@ -472,6 +472,7 @@ async def test_the_npc_benchmark_measures_every_round(server_url: str) -> None:
 
     report = await asyncio.wait_for(run_npc_bench(server_url, rounds=1, engine="tiny"), 120)
     assert report.errors == []
+    assert report.rounds == 1
     assert {name: len(values) for name, values in report.samples_ms.items()} == {name: 1 for name in MEASURES}
     assert report.samples_ms["two_npcs_first_ms"][0] <= report.samples_ms["two_npcs_second_ms"][0]
     assert "| say -> first audio (quiet) | 1 |" in report.table()

@@ -28,7 +28,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -94,25 +94,41 @@ async def _until_audio(handle: Any, min_ms: float = 200.0, timeout: float = 60.0
         await asyncio.sleep(0.01)
 
 
-async def run_npc_bench(url: str, *, rounds: int, engine: str = "?", token: str | None = None) -> NpcBenchReport:
-    """Run ``rounds`` rounds against the server at ``url`` (see the module docstring)."""
+async def run_npc_bench(
+    url: str,
+    *,
+    rounds: int,
+    engine: str = "?",
+    token: str | None = None,
+    max_seconds: float | None = None,
+    say_timeout_s: float = 120.0,
+    progress: Callable[[str], None] | None = None,
+) -> NpcBenchReport:
+    """Run ``rounds`` rounds against the server at ``url`` (see the module docstring); no round
+    starts after ``max_seconds``. ``progress`` gets one line per round."""
     from gateway.client import VoxgateClient
     from gateway.integrations.npc import NpcHook
 
-    report = NpcBenchReport(rounds=rounds, engine=engine)
+    report = NpcBenchReport(rounds=0, engine=engine)
     record = report.samples_ms
+    began = time.monotonic()
     async with VoxgateClient(url, token=token, alignment=True) as client:
         await client.speak("Ready.").read_all()  # the first line of a fresh server loads G2P
         hook = NpcHook(client, stream_audio=False)
+
+        async def say(npc: str, text: str) -> Any:
+            return await asyncio.wait_for(hook.say(npc, text), say_timeout_s)
         voices = list(client.voices)
         hook.configure("guard", voice=voices[-1] if voices else None)
         hook.configure("merchant", voice=voices[0] if voices else None)
         for i in range(rounds):
+            if max_seconds is not None and i and time.monotonic() - began > max_seconds:
+                break
             line = LINES[i % len(LINES)]
             other = LINES[(i + 1) % len(LINES)]
             try:
                 start = time.monotonic()
-                first = await hook.say("guard", line)
+                first = await say("guard", line)
                 if first.started:
                     record["say_to_first_audio_ms"].append((time.monotonic() - start) * 1000)
                 await _until_audio(first)
@@ -120,21 +136,26 @@ async def run_npc_bench(url: str, *, rounds: int, engine: str = "?", token: str 
                 await first.cancel()
                 record["interrupt_to_silence_ms"].append((time.monotonic() - start) * 1000)
 
-                cut = await hook.say("guard", other)
+                cut = await say("guard", other)
                 await _until_audio(cut)
                 start = time.monotonic()
-                after = await hook.say("guard", line)  # cuts `cut`, then speaks
+                after = await say("guard", line)  # cuts `cut`, then speaks
                 if after.started:
                     record["say_after_cut_to_first_audio_ms"].append((time.monotonic() - start) * 1000)
                 await hook.interrupt("guard")
 
                 said_at = asyncio.get_running_loop().time()  # the clock of speech.first_audio_at
-                both = await asyncio.gather(hook.say("guard", line), hook.say("merchant", other))
+                both = await asyncio.gather(say("guard", line), say("merchant", other))
                 firsts = sorted(h.speech.first_audio_at for h in both if h.started)
                 if len(firsts) == 2:
                     record["two_npcs_first_ms"].append((firsts[0] - said_at) * 1000)
                     record["two_npcs_second_ms"].append((firsts[1] - said_at) * 1000)
                 await hook.close()
+                report.rounds += 1
+                if progress is not None:
+                    progress(f"round {i + 1}: " + ", ".join(
+                        f"{name} {values[-1]:.0f}" for name, values in record.items() if values
+                    ))
             except Exception as exc:  # one bad round is reported, the others still count
                 report.errors.append(f"round {i}: {type(exc).__name__}: {exc}")
                 await hook.close()
@@ -147,6 +168,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--token", default=None)
     parser.add_argument("--engine", default="kokoro", choices=["kokoro", "tiny"], help="for the server started here")
     parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--max-seconds", type=float, default=300.0, help="start no round after this many seconds")
     parser.add_argument("--note", default="", help="a line for the report (e.g. what else shared the CPU)")
     parser.add_argument("--out", default=str(REPO_ROOT / "benchmarks" / "results"), help="folder, or - for none")
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
@@ -163,7 +185,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if proc is not None:
             url = f"ws://127.0.0.1:{_wait_for_port(proc)}/v1/stream"
         started = time.monotonic()
-        report = asyncio.run(run_npc_bench(url, rounds=args.rounds, engine=args.engine if proc else "external", token=args.token))
+        report = asyncio.run(run_npc_bench(
+            url, rounds=args.rounds, engine=args.engine if proc else "external", token=args.token,
+            max_seconds=args.max_seconds, progress=lambda line: print(line, file=sys.stderr, flush=True),
+        ))
         wall_s = time.monotonic() - started
     finally:
         if proc is not None:
@@ -179,7 +204,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "server": f"started here, engine {args.engine}" if proc is not None else url,
         "machine": f"{report.machine['cpu']}, {report.machine['usable_cores']} cores, {report.machine['ram_gib']} GiB, "
         f"load average at end {report.machine.get('loadavg_at_end', '?')}, allocator {report.machine['allocator']}",
-        "rounds": f"{args.rounds} ({wall_s:.0f} s)",
+        "rounds": f"{report.rounds} of {args.rounds} ({wall_s:.0f} s; no round starts after {args.max_seconds:.0f} s)",
     }
     if args.note:
         facts["note"] = args.note
