@@ -282,6 +282,7 @@ async def test_the_bridge_runs_as_a_subprocess_and_writes_one_wav_per_line(serve
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "gateway.integrations.npc", "--url", server_url, "--audio", "wav", "--wav-dir", str(tmp_path),
+        "--sample-rate", "22050",
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=str(tmp_path),
     )
     stdout, stderr = await asyncio.wait_for(proc.communicate(script), 60)
@@ -290,9 +291,10 @@ async def test_the_bridge_runs_as_a_subprocess_and_writes_one_wav_per_line(serve
     kinds = [e["event"] for e in events]
     assert kinds[0] == "ready" and kinds[-1] == "bye" and "audio" not in kinds
     done = next(e for e in events if e["event"] == "done")
+    assert events[0]["sample_rate"] == 22_050
     with wave.open(done["wav"]) as wav:
-        assert wav.getframerate() == 24_000
-        assert wav.getnframes() / 24 == pytest.approx(done["audio_ms"], abs=25)
+        assert wav.getframerate() == 22_050
+        assert wav.getnframes() / 22.05 == pytest.approx(done["audio_ms"], abs=25)
 
 
 # --- the event-order contract (docs/npc.md) -----------------------------------------------------------
