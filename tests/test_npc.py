@@ -159,66 +159,64 @@ async def connect(url: str) -> Any:
     return client
 
 
-@pytest.mark.asyncio(loop_scope="module")
-async def test_say_returns_as_soon_as_audio_started_and_visemes_cover_the_line(server_url: str) -> None:
-    client = await connect(server_url)
+@pytest_asyncio.fixture(loop_scope="module")
+async def client(server_url: str) -> AsyncIterator[Any]:
+    """A connected client with alignment on, closed after the test."""
+    connected = await connect(server_url)
     try:
-        events: list[NpcEvent] = []
-        hook = NpcHook(client, on_event=events.append, keep_audio=True)
-        hook.configure("guard", voice="jm_kumo", speed=1.1)
-        await hook.say("guard", "Warm up.")  # loads the English G2P on a fresh server
-        await hook.wait_idle()
-        events.clear()
-        handle = await hook.say("guard", LONG_LINE)
-        assert handle.started and not handle.done()  # the rest of the line is still coming
-        assert await handle.wait() == "done"
-        kinds = [e.kind for e in events]
-        assert kinds[0] == "started" and kinds.index("done") == len(kinds) - 1
-        assert_contiguous(handle.visemes, handle.audio_ms)
-        assert handle.audio_ms == pytest.approx(len(handle.samples()) / handle.sample_rate * 1000, abs=25)
-        words = [w["word"] for w in handle.words]
-        assert words[:4] == ["Halt", "Who", "goes", "there"]
-        starts = [w["start_ms"] for w in handle.words]
-        assert starts == sorted(starts) and handle.words[-1]["end_ms"] <= handle.audio_ms
-        assert handle.speech.context_id.startswith("guard-")
+        yield connected
     finally:
-        await client.close()
+        await connected.close()
 
 
 @pytest.mark.asyncio(loop_scope="module")
-async def test_a_new_line_for_the_same_npc_interrupts_the_current_one_and_no_more_of_its_audio_comes(server_url: str) -> None:
-    client = await connect(server_url)
-    try:
-        log: list[NpcEvent] = []
-        hook = NpcHook(client, on_event=log.append, stream_audio=True)
-        first = await hook.say("guard", LONG_LINE)
-        other = await hook.say("merchant", "Fresh apples, two coins a basket!")
-        second = await hook.say("guard", "Never mind.")
-        assert first.done() and first.outcome == "interrupted"
-        assert await second.wait() == "done" and await other.wait() == "done"
-        first_events = [e for e in log if e.line_id == first.line_id]
-        assert first_events[-1].kind == "interrupted" and first_events[-1].data["by"] == "new_line"
-        cut = log.index(first_events[-1])
-        assert not [e for e in log[cut:] if e.line_id == first.line_id and e.kind == "audio"]
-        # The interrupted line reported its end before the new line said anything.
-        assert cut < next(i for i, e in enumerate(log) if e.line_id == second.line_id)
-        assert [e.kind for e in log if e.line_id == other.line_id][-1] == "done"  # another NPC is not cut
-        assert await hook.interrupt("guard") is False  # nothing left to cut
-    finally:
-        await client.close()
+async def test_say_returns_as_soon_as_audio_started_and_visemes_cover_the_line(client: Any) -> None:
+    events: list[NpcEvent] = []
+    hook = NpcHook(client, on_event=events.append, keep_audio=True)
+    hook.configure("guard", voice="jm_kumo", speed=1.1)
+    await hook.say("guard", "Warm up.")  # loads the English G2P on a fresh server
+    await hook.wait_idle()
+    events.clear()
+    handle = await hook.say("guard", LONG_LINE)
+    assert handle.started and not handle.done()  # the rest of the line is still coming
+    assert await handle.wait() == "done"
+    kinds = [e.kind for e in events]
+    assert kinds[0] == "started" and kinds.index("done") == len(kinds) - 1
+    assert_contiguous(handle.visemes, handle.audio_ms)
+    assert handle.audio_ms == pytest.approx(len(handle.samples()) / handle.sample_rate * 1000, abs=25)
+    words = [w["word"] for w in handle.words]
+    assert words[:4] == ["Halt", "Who", "goes", "there"]
+    starts = [w["start_ms"] for w in handle.words]
+    assert starts == sorted(starts) and handle.words[-1]["end_ms"] <= handle.audio_ms
+    assert handle.speech.context_id.startswith("guard-")
 
 
 @pytest.mark.asyncio(loop_scope="module")
-async def test_interrupt_cuts_the_line_and_its_event_stream_ends_with_interrupted(server_url: str) -> None:
-    client = await connect(server_url)
-    try:
-        hook = NpcHook(client)
-        handle = await hook.say("guard", LONG_LINE)
-        assert await hook.interrupt("guard") is True
-        kinds = [event.kind async for event in handle]
-        assert kinds[0] == "started" and kinds[-1] == "interrupted" and "done" not in kinds
-    finally:
-        await client.close()
+async def test_a_new_line_for_the_same_npc_interrupts_the_current_one_and_no_more_of_its_audio_comes(client: Any) -> None:
+    log: list[NpcEvent] = []
+    hook = NpcHook(client, on_event=log.append, stream_audio=True)
+    first = await hook.say("guard", LONG_LINE)
+    other = await hook.say("merchant", "Fresh apples, two coins a basket!")
+    second = await hook.say("guard", "Never mind.")
+    assert first.done() and first.outcome == "interrupted"
+    assert await second.wait() == "done" and await other.wait() == "done"
+    first_events = [e for e in log if e.line_id == first.line_id]
+    assert first_events[-1].kind == "interrupted" and first_events[-1].data["by"] == "new_line"
+    cut = log.index(first_events[-1])
+    assert not [e for e in log[cut:] if e.line_id == first.line_id and e.kind == "audio"]
+    # The interrupted line reported its end before the new line said anything.
+    assert cut < next(i for i, e in enumerate(log) if e.line_id == second.line_id)
+    assert [e.kind for e in log if e.line_id == other.line_id][-1] == "done"  # another NPC is not cut
+    assert await hook.interrupt("guard") is False  # nothing left to cut
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_interrupt_cuts_the_line_and_its_event_stream_ends_with_interrupted(client: Any) -> None:
+    hook = NpcHook(client)
+    handle = await hook.say("guard", LONG_LINE)
+    assert await hook.interrupt("guard") is True
+    kinds = [event.kind async for event in handle]
+    assert kinds[0] == "started" and kinds[-1] == "interrupted" and "done" not in kinds
 
 
 # --- the stdio bridge -------------------------------------------------------------------------------
@@ -313,57 +311,45 @@ def check_visemes_precede_their_audio(events: list[NpcEvent]) -> None:
 
 
 @pytest.mark.asyncio(loop_scope="module")
-async def test_every_chunk_of_audio_comes_after_the_visemes_that_cover_it_silences_included(server_url: str) -> None:
-    client = await connect(server_url)
-    try:
-        log: list[NpcEvent] = []
-        hook = NpcHook(client, on_event=log.append, stream_audio=True)
-        handle = await hook.say("guard", LONG_LINE)
-        assert await handle.wait() == "done"
-        assert [e.kind for e in log][0] == "started" and log[-1].kind == "done"
-        check_visemes_precede_their_audio(log)
-        last_viseme = [e for e in log if e.kind == "viseme"][-1]
-        assert last_viseme.data["end_ms"] == pytest.approx(log[-1].data["audio_ms"], abs=0.1)
-    finally:
-        await client.close()
+async def test_every_chunk_of_audio_comes_after_the_visemes_that_cover_it_silences_included(client: Any) -> None:
+    log: list[NpcEvent] = []
+    hook = NpcHook(client, on_event=log.append, stream_audio=True)
+    handle = await hook.say("guard", LONG_LINE)
+    assert await handle.wait() == "done"
+    assert [e.kind for e in log][0] == "started" and log[-1].kind == "done"
+    check_visemes_precede_their_audio(log)
+    last_viseme = [e for e in log if e.kind == "viseme"][-1]
+    assert last_viseme.data["end_ms"] == pytest.approx(log[-1].data["audio_ms"], abs=0.1)
 
 
 @pytest.mark.asyncio(loop_scope="module")
-async def test_a_line_cut_before_any_audio_still_starts_with_started(server_url: str) -> None:
-    client = await connect(server_url)
-    try:
-        hook = NpcHook(client, stream_audio=True)
-        handle = await hook.start("guard", LONG_LINE)
-        await handle.cancel()
-        events = [event async for event in handle]
-        assert [e.kind for e in events] == ["started", "interrupted"]
-        assert events[0].data["latency_ms"] is None  # no audio came
-        assert events[1].data == {"at_ms": 0.0, "at_sample": 0, "last_seq": None, "by": "interrupt"}
-    finally:
-        await client.close()
+async def test_a_line_cut_before_any_audio_still_starts_with_started(client: Any) -> None:
+    hook = NpcHook(client, stream_audio=True)
+    handle = await hook.start("guard", LONG_LINE)
+    await handle.cancel()
+    events = [event async for event in handle]
+    assert [e.kind for e in events] == ["started", "interrupted"]
+    assert events[0].data["latency_ms"] is None  # no audio came
+    assert events[1].data == {"at_ms": 0.0, "at_sample": 0, "last_seq": None, "by": "interrupt"}
 
 
 @pytest.mark.asyncio(loop_scope="module")
-async def test_a_cut_line_has_visemes_up_to_the_audio_delivered_and_says_how_much_was_delivered(server_url: str) -> None:
-    client = await connect(server_url)
-    try:
-        log: list[NpcEvent] = []
-        hook = NpcHook(client, on_event=log.append, stream_audio=True)
-        handle = await hook.say("guard", LONG_LINE)
-        while handle.audio_ms < 600 and not handle.done():
-            await asyncio.sleep(0.01)
-        await hook.interrupt("guard")
-        assert handle.outcome == "interrupted"
-        check_visemes_precede_their_audio(log)
-        cut = log[-1]
-        audio = [e for e in log if e.kind == "audio"]
-        assert cut.kind == "interrupted" and audio
-        assert cut.data["last_seq"] == audio[-1].data["seq"]
-        assert cut.data["at_sample"] == audio[-1].data["offset_samples"] + len(audio[-1].data["samples"])
-        assert cut.data["at_ms"] == pytest.approx(cut.data["at_sample"] / 24, abs=0.1)
-        assert max(e.data["end_ms"] for e in log if e.kind == "viseme") >= cut.data["at_ms"]
-    finally:
-        await client.close()
+async def test_a_cut_line_has_visemes_up_to_the_audio_delivered_and_says_how_much_was_delivered(client: Any) -> None:
+    log: list[NpcEvent] = []
+    hook = NpcHook(client, on_event=log.append, stream_audio=True)
+    handle = await hook.say("guard", LONG_LINE)
+    while handle.audio_ms < 600 and not handle.done():
+        await asyncio.sleep(0.01)
+    await hook.interrupt("guard")
+    assert handle.outcome == "interrupted"
+    check_visemes_precede_their_audio(log)
+    cut = log[-1]
+    audio = [e for e in log if e.kind == "audio"]
+    assert cut.kind == "interrupted" and audio
+    assert cut.data["last_seq"] == audio[-1].data["seq"]
+    assert cut.data["at_sample"] == audio[-1].data["offset_samples"] + len(audio[-1].data["samples"])
+    assert cut.data["at_ms"] == pytest.approx(cut.data["at_sample"] / 24, abs=0.1)
+    assert max(e.data["end_ms"] for e in log if e.kind == "viseme") >= cut.data["at_ms"]
 
 
 @pytest.mark.asyncio(loop_scope="module")
