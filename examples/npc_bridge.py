@@ -4,6 +4,8 @@ Bridge (what Godot/Unity spawn; commands on stdin, events on stdout, see docs/np
 
     python examples/npc_bridge.py --url ws://127.0.0.1:8765
     python examples/npc_bridge.py --local --set engine.kind=tiny --audio wav --wav-dir npc_wav
+    python examples/npc_bridge.py --url ws://127.0.0.1:8765 --sample-rate 48000 --format pcm_f32le
+    python examples/npc_bridge.py --url ws://127.0.0.1:8765 --listen 127.0.0.1:8790   # Godot 3: examples/godot3
 
 Demo (Python API: two NPCs, an interruption, viseme timelines, one WAV per line)::
 
@@ -41,7 +43,7 @@ async def demo(client: VoxgateClient, out: Path) -> None:
 
     await client.speak("Ready.").read_all()  # warm-up: the first line of a fresh server is slow
     hook = NpcHook(client, on_event=show, keep_audio=True)
-    voices = client.voices
+    voices = client.voices  # what this server has: offline, jf_alpha ... jm_kumo (see docs/npc.md)
     hook.configure("guard", voice=voices[-1], speed=0.9)
     hook.configure("merchant", voice=voices[0], speed=1.15)
     guard = await hook.say("guard", "Halt! Who goes there? State your name and your business, or turn back at once.")

@@ -15,6 +15,7 @@ BENCHMARKS: dict[str, str] = {
     "danmaku": "gateway.bench.danmaku",
     "codecs": "gateway.bench.codecs",
     "ray-hop": "gateway.bench.ray_mode",
+    "npc": "gateway.bench.npc",
 }
 
 

@@ -8,7 +8,7 @@
   ``danmaku_cli`` (the command).
 - ``gateway.integrations.npc``: game NPC voices. ``NpcHook.say(npc, line)`` returns when audio starts,
   a new line interrupts the NPC's current one, phoneme timings become viseme events; ``python -m
-  gateway.integrations.npc`` is a JSON-lines stdio bridge for Godot/Unity.
+  gateway.integrations.npc`` is a JSON-lines bridge for Godot/Unity (stdio, or a local WebSocket).
 
 Both talk to the gateway only through ``gateway.client.VoxgateClient`` (over WebSocket, or in-process
 with ``Gateway.open_local_session()``), so they get the same scheduling and isolation as any session.
