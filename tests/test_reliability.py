@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -14,7 +15,7 @@ from typing import Any
 import orjson
 import pytest
 from websockets.asyncio.client import connect
-from websockets.exceptions import InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from gateway.engines.base import SynthesisItem
 from gateway.engines.fake import FakeEngine
@@ -128,7 +129,8 @@ async def test_a_client_that_reconnects_with_its_session_id_gets_missed_frames_a
     async with run_server(FAST) as gw:
         url = f"ws://127.0.0.1:{gw.port}/v1/stream"
         ws = await connect(url)
-        session_id = orjson.loads(await ws.recv())["session_id"]
+        created = orjson.loads(await ws.recv())
+        session_id, token = created["session_id"], created["resume_token"]
         await ws.send(msg(type="text", context_id="c", text="A first sentence to hear. And a second one."))
         await ws.send(msg(type="flush", context_id="c", final=True))
         seqs = []
@@ -141,7 +143,7 @@ async def test_a_client_that_reconnects_with_its_session_id_gets_missed_frames_a
         ws.transport.abort()  # a lost connection, not a clean close (which ends the session)
         await asyncio.sleep(0.3)
         seen = seqs[len(seqs) // 2]  # pretend the tail was lost in transit
-        async with connect(f"{url}?session_id={session_id}&last_seq={seen}") as again:
+        async with connect(f"{url}?session_id={session_id}&resume_token={token}&last_seq={seen}") as again:
             resumed = orjson.loads(await again.recv())
             assert resumed == {"type": "session.resumed", "session_id": session_id, "replayed": len(seqs) - len(seqs) // 2 - 1}
             replayed = [decode_audio_frame(await again.recv())[0].seq for _ in range(resumed["replayed"])]
@@ -211,3 +213,93 @@ async def test_a_clean_close_ends_the_session_without_waiting_for_a_resume() -> 
             session_id = orjson.loads(await ws.recv())["session_id"]
         await asyncio.sleep(0.2)
         assert session_id not in gw._runtimes
+
+
+async def test_the_session_id_alone_does_not_resume_a_session() -> None:
+    async with run_server(dict(FAST, **{"server.auth_token": "s3cret"})) as gw:
+        url = f"ws://127.0.0.1:{gw.port}/v1/stream"
+        victim = await connect(url + "?token=s3cret")
+        created = orjson.loads(await victim.recv())
+        session_id, token = created["session_id"], created["resume_token"]
+        assert len(token) >= 40 and token not in session_id
+        victim.transport.abort()
+        await asyncio.sleep(0.3)
+        bearer = {"Authorization": "Bearer s3cret"}
+        # Knowing the session id (it travels in URLs) is not enough, nor is a wrong token.
+        for query in (f"session_id={session_id}&last_seq=-1", f"session_id={session_id}&resume_token=x{token}&last_seq=-1"):
+            async with connect(f"{url}?{query}", additional_headers=bearer) as thief:
+                assert orjson.loads(await thief.recv())["code"] == "resume_failed"
+                assert orjson.loads(await thief.recv())["session_id"] != session_id
+        async with connect(f"{url}?session_id={session_id}&resume_token={token}&last_seq=-1", additional_headers=bearer) as back:
+            assert orjson.loads(await back.recv())["type"] == "session.resumed"
+
+
+async def test_detached_sessions_count_toward_max_sessions() -> None:
+    async with run_server(dict(FAST, **{"server.max_sessions": 2})) as gw:
+        url = f"ws://127.0.0.1:{gw.port}/v1/stream"
+        for _ in range(2):
+            ws = await connect(url)
+            await ws.recv()
+            ws.transport.abort()  # detached, waiting for a resume
+        await asyncio.sleep(0.3)
+        async with connect(url) as third:
+            assert orjson.loads(await third.recv())["code"] == "busy"
+
+
+class _MiscountingEngine(FakeEngine):
+    """Returns one result too few once: ``Scheduler.complete`` raises on that batch."""
+
+    broken = True
+
+    def synthesize(self, items: Any) -> Any:
+        results = list(super().synthesize(items))
+        if self.broken:
+            self.broken = False
+            return results[:-1]
+        return results
+
+
+async def test_a_failure_while_delivering_a_batch_fails_its_contexts_and_the_scheduler_goes_on() -> None:
+    async with run_server(FAST, engine_factory=_MiscountingEngine) as gw:
+        url = f"ws://127.0.0.1:{gw.port}/v1/stream"
+        async with connect(url) as ws:
+            await ws.recv()
+            await ws.send(msg(type="text", context_id="first", text="Hit by the bug."))
+            await ws.send(msg(type="flush", context_id="first", final=True))
+            while (error := orjson.loads(await asyncio.wait_for(ws.recv(), 10)))["type"] != "error":
+                pass
+            assert error["code"] == "engine_failed" and error["context_id"] == "first"
+            assert gw.scheduler_alive
+            await ws.send(msg(type="text", context_id="second", text="Heard anyway."))
+            await ws.send(msg(type="flush", context_id="second", final=True))
+            kinds = []
+            while "context.done" not in kinds:
+                raw = await asyncio.wait_for(ws.recv(), 10)
+                kinds.append("frame" if isinstance(raw, bytes) else orjson.loads(raw)["type"])
+            assert "frame" in kinds
+        assert (await asyncio.to_thread(http_get, gw.port, "/readyz"))[0] == 200
+        gw._scheduler_task.cancel()
+        await asyncio.sleep(0.05)
+        assert not gw.scheduler_alive and (await asyncio.to_thread(http_get, gw.port, "/readyz"))[0] == 503
+
+
+async def test_stop_speaks_unflushed_text_sends_context_done_then_closes_1012() -> None:
+    async with run_server({"engine.kind": "tiny", "session.max_buffer_ms": 60_000}) as gw:
+        url = f"ws://127.0.0.1:{gw.port}/v1/stream"
+        async with connect(url) as ws:
+            await ws.recv()
+            # A sentence and a half without a final flush: the half waits in the segmenter.
+            await ws.send(msg(type="text", context_id="c", text="First sentence here. And a half"))
+            while not isinstance(await ws.recv(), bytes):
+                pass
+            stopping = asyncio.create_task(gw.stop(grace_s=20))
+            events: list[Any] = []
+            with contextlib.suppress(ConnectionClosed):
+                async for raw in ws:
+                    events.append("frame" if isinstance(raw, bytes) else orjson.loads(raw))
+            await stopping
+        done = [e for e in events if isinstance(e, dict) and e["type"] == "context.done"]
+        assert done and done[0]["context_id"] == "c"
+        assert ws.close_code == 1012
+        # All the text was spoken: the audio covers the unflushed half too (tiny: ~duration per phoneme).
+        assert done[0]["audio_ms"] > 0
