@@ -303,3 +303,50 @@ async def test_stop_speaks_unflushed_text_sends_context_done_then_closes_1012() 
         assert ws.close_code == 1012
         # All the text was spoken: the audio covers the unflushed half too (tiny: ~duration per phoneme).
         assert done[0]["audio_ms"] > 0
+
+
+async def test_a_slow_consumer_is_closed_once_and_the_server_stays_responsive(caplog: Any) -> None:
+    import socket
+
+    overrides = dict(
+        FAST,
+        **{"session.output_high_water_ms": 500, "session.output_low_water_ms": 250, "session.slow_consumer_timeout_s": 0.5},
+    )
+    caplog.set_level("INFO", logger="voxgate")
+    async with run_server(overrides) as gw:
+        url = f"ws://127.0.0.1:{gw.port}/v1/stream"
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", gw.port))
+        hog = await connect(url, sock=sock, max_queue=1)
+        await hog.recv()
+        await hog.send(msg(type="session.update", format="pcm_f32le", sample_rate=48_000))
+        await hog.send(msg(type="text", context_id="hog", text="Lots of audio for a client that never reads. " * 40))
+        await hog.send(msg(type="flush", context_id="hog", final=True))
+        # Before the fix: past the timeout the timer fired on every loop turn (a log line, an error
+        # and a close each time) and the server stopped answering.
+        await asyncio.sleep(3.0)
+        assert (await asyncio.wait_for(asyncio.to_thread(http_get, gw.port, "/healthz"), 10))[0] == 200
+        closes = [r for r in caplog.records if "slow_consumer" in r.getMessage()]
+        assert len(closes) == 1
+        hog.transport.abort()
+        await asyncio.sleep(0.3)
+        assert not gw._runtimes
+
+
+async def test_a_flood_of_binary_frames_gets_a_few_answers_and_a_1008_close(caplog: Any) -> None:
+    caplog.set_level("INFO", logger="voxgate")
+    async with run_server(dict(FAST, **{"session.max_violations": 200})) as gw:
+        url = f"ws://127.0.0.1:{gw.port}/v1/stream"
+        async with connect(url) as ws:
+            await ws.recv()
+            with contextlib.suppress(ConnectionClosed):
+                for _ in range(5_000):
+                    await ws.send(b"x")
+            replies = []
+            with contextlib.suppress(ConnectionClosed):
+                async for raw in ws:
+                    replies.append(orjson.loads(raw)["code"])
+        assert ws.close_code == 1008
+        assert replies[-1] == "too_many_violations" and len(replies) <= 11
+        assert len([r for r in caplog.records if r.name == "voxgate.session"]) <= 15
