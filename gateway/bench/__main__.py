@@ -1,4 +1,4 @@
-"""``voxgate bench engine|load|soak``: benchmarks that write their results under ``benchmarks/results``."""
+"""``voxgate bench engine|load|soak|attack``: benchmarks that write their results under ``benchmarks/results``."""
 
 from __future__ import annotations
 
@@ -8,9 +8,17 @@ from collections.abc import Sequence
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] not in ("engine", "load", "soak"):
-        print("usage: voxgate bench {engine,load,soak} [options]  (--help after the name for options)", file=sys.stderr)
+    usage = "usage: voxgate bench {engine,load,soak,attack} [options]  (--help after the name for options)"
+    if argv[:1] in (["-h"], ["--help"]):
+        print(usage)
+        return 0
+    if not argv or argv[0] not in ("engine", "load", "soak", "attack"):
+        print(usage, file=sys.stderr)
         return 2
+    if argv[0] == "attack":
+        from gateway.bench.attack import main as attack_main
+
+        return attack_main(argv[1:])
     if argv[0] == "soak":
         from gateway.bench.soak import main as soak_main
 
