@@ -20,7 +20,6 @@ from __future__ import annotations
 import collections
 import hmac
 import logging
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from enum import IntEnum
@@ -33,7 +32,7 @@ from gateway.audio import ULAW_RATE, ContextEncoder
 from gateway.config import SegmenterConfig, SessionConfig
 from gateway.engines.base import SAMPLE_RATE, SynthesisResult
 from gateway.errors import CloseCode, InvalidState, LimitExceeded, ProtocolError, VoxgateError
-from gateway.guard import ReplayBuffer, Verdict, ViolationGuard
+from gateway.guard import ReplayBuffer, TokenBucket, Verdict, ViolationGuard
 from gateway.protocol import (
     PROTOCOL_VERSION,
     CancelMessage,
@@ -226,8 +225,8 @@ class Session:
         self.close_reason = ""
         self.last_activity = now
         self._buckets = {
-            "messages": _TokenBucket(config.max_messages_per_s, now),
-            "chars": _TokenBucket(config.max_chars_per_s, now),
+            "messages": TokenBucket(config.max_messages_per_s, now),
+            "chars": TokenBucket(config.max_chars_per_s, now),
         }
         #: Recently sent frames for ``resume``: (seq, bytes), bounded in frames and bytes.
         self._replay = ReplayBuffer(max_frames=config.replay_buffer_frames, max_bytes=config.replay_buffer_bytes)
@@ -797,22 +796,3 @@ class Session:
     def _check_rate(self, bucket: str, amount: float, now: float, *, context_id: str | None = None) -> None:
         if not self._buckets[bucket].take(amount, now):
             raise LimitExceeded(f"over the session's {bucket} rate limit; slow down", code="rate_limited", context_id=context_id)
-
-
-class _TokenBucket:
-    """Allows ``rate`` per second on average with bursts of one second's worth; rate 0 disables."""
-
-    def __init__(self, rate: float, now: float) -> None:
-        self.rate = rate
-        self.tokens = rate
-        self.stamp = now
-
-    def take(self, amount: float, now: float) -> bool:
-        if self.rate <= 0:
-            return True
-        self.tokens = min(self.rate, self.tokens + (now - self.stamp) * self.rate)
-        self.stamp = now
-        if amount > self.tokens and not math.isclose(amount, self.tokens):
-            return False
-        self.tokens -= amount
-        return True

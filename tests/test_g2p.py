@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from gateway.engines.base import MAX_PHONEMES
 from gateway.text import g2p as g2p_module
+from gateway.text import g2p_bounds
 from gateway.text.g2p import G2P, PhonemePiece, UnsupportedLanguage, load_vocab
 
 PARAGRAPH = (
@@ -366,11 +367,11 @@ def test_g2p_cost_grows_linearly_with_separator_laden_text(english: G2P, unit: s
 
 
 def test_bounded_words_keep_ordinary_text_and_cut_runaway_words() -> None:
-    assert g2p_module._bound_words("Hello there, well-known friend.") == "Hello there, well-known friend."
-    cut = g2p_module._bound_words("a-" * 20)
-    assert all(len(g2p_module._ATOM_RE.findall(word)) <= g2p_module.MAX_WORD_ATOMS for word in cut.split())
+    assert g2p_bounds.bound_words("Hello there, well-known friend.") == "Hello there, well-known friend."
+    cut = g2p_bounds.bound_words("a-" * 20)
+    assert all(len(g2p_bounds._ATOM_RE.findall(word)) <= g2p_bounds.MAX_WORD_ATOMS for word in cut.split())
     assert cut.replace(" ", "") == "a-" * 20
-    zalgo = g2p_module._bound_words("a" + "\u0301" * 3000 + "b")
+    zalgo = g2p_bounds.bound_words("a" + "\u0301" * 3000 + "b")
     assert zalgo == "a\u0301\u0301b"
 
 
@@ -384,6 +385,6 @@ def test_a_piece_over_its_time_budget_raises_a_clear_error(english: G2P) -> None
 
 def test_chunks_cut_at_sentence_ends_and_rejoin_to_the_text() -> None:
     text = "One sentence here. " * 60
-    chunks = g2p_module._chunks(text, 400)
+    chunks = g2p_bounds.chunks(text, 400)
     assert "".join(chunks) == text and all(len(c) <= 400 for c in chunks)
     assert all(c.endswith(". ") for c in chunks[:-1])

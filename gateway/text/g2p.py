@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from gateway.engines.base import MAX_PHONEMES
+from gateway.text.g2p_bounds import CHUNK_CHARS, G2PTooSlow, bound_words, check_deadline, chunks
 
 __all__ = [
     "G2P",
@@ -88,10 +89,6 @@ class UnsupportedLanguage(ValueError):
     The message says which package to install. Raised by ``G2P(...)`` for an unknown code and by
     ``G2P.load()`` (or the first ``phonemize``) when the backend's imports fail.
     """
-
-
-class G2PTooSlow(RuntimeError):
-    """Phonemizing one piece of text took longer than its time budget (``phonemize(deadline=...)``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -265,30 +262,23 @@ class G2P:
         """Phonemes for ``text``, in pieces of at most ``max_phonemes`` vocabulary characters.
 
         Returns an empty list when nothing in ``text`` can be spoken. Loads the backend on first
-        use. Must be called from the thread that owns this instance. With ``deadline`` (a
-        ``time.perf_counter()`` value) raises ``G2PTooSlow`` once it has passed; the text goes to the
-        backend in chunks of at most ``CHUNK_CHARS`` so that the check comes often enough.
-
-        Cost is linear in the text: misaki looks words up by trying every span of a word's
-        sub-tokens (cubic in their number: 200 characters of "a-a-a-..." took 34 s), so words are
-        first cut to at most ``MAX_WORD_ATOMS`` sub-tokens and ``MAX_ATOM_CHARS`` characters, and
-        stacks of combining marks are thinned (see ``_bound_words``).
+        use. Must be called from the thread that owns this instance. Cost is linear in the text
+        (``gateway.text.g2p_bounds``); past ``deadline`` (a ``time.perf_counter()`` value, checked
+        between chunks) raises ``G2PTooSlow``.
         """
         if self._tokenize is None:
             self.load()
         assert self._tokenize is not None
-        text = _bound_words(_clean_markup(_strip_pictographs(text)))
+        text = bound_words(_clean_markup(_strip_pictographs(text)))
         if not text.strip():
             return []
         tokens: list[_Token] = []
-        for chunk in _chunks(text, CHUNK_CHARS):
-            if deadline is not None and time.perf_counter() > deadline:
-                raise G2PTooSlow("this text takes too long to turn into phonemes; send plainer text")
+        for chunk in chunks(text, CHUNK_CHARS):
+            check_deadline(deadline)
             if tokens and not tokens[-1].space:
                 tokens[-1].space, tokens[-1].whitespace = True, tokens[-1].whitespace or " "
             tokens += [self._filter(tok) for tok in self._tokenize(chunk)]
-        if deadline is not None and time.perf_counter() > deadline:
-            raise G2PTooSlow("this text takes too long to turn into phonemes; send plainer text")
+        check_deadline(deadline)
         return _split(tokens, self.max_phonemes)
 
     def _filter(self, tok: _Token) -> _Token:
@@ -337,73 +327,6 @@ _MARKUP_RE = re.compile(
 
 def _clean_markup(text: str) -> str:
     return _MARKUP_RE.sub("", text)
-
-
-#: Sub-tokens (a run of letters/digits, or one other character) in one space-free word given to the
-#: backend, and characters in one letter run: beyond them a word is cut with a space (see phonemize).
-MAX_WORD_ATOMS = 8
-MAX_ATOM_CHARS = 48
-#: Combining marks kept on one base character ("Zalgo" text stacks thousands).
-MAX_COMBINING_MARKS = 2
-#: Characters given to the backend in one call (cut at a sentence end or a space when possible).
-CHUNK_CHARS = 400
-
-_WORD_RUN_RE = re.compile(r"\S{%d,}" % (MAX_WORD_ATOMS + 1))
-_ATOM_RE = re.compile(r"[^\W_]{1,%d}|." % MAX_ATOM_CHARS, re.DOTALL)
-
-
-def _bound_words(text: str) -> str:
-    """Cut space-free runs that would cost the backend more than linear time into words of at most
-    ``MAX_WORD_ATOMS`` sub-tokens ("a-a-a-a-a" -> "a-a-a-a a-a-..."; a long URL likewise), and keep at
-    most ``MAX_COMBINING_MARKS`` combining marks per character. Ordinary words are left alone."""
-    if not text.isascii():
-        text = _thin_combining_marks(text)
-
-    def cut(match: re.Match[str]) -> str:
-        atoms = _ATOM_RE.findall(match.group())
-        if len(atoms) <= MAX_WORD_ATOMS:
-            return match.group()
-        return " ".join("".join(atoms[i : i + MAX_WORD_ATOMS]) for i in range(0, len(atoms), MAX_WORD_ATOMS))
-
-    return _WORD_RUN_RE.sub(cut, text)
-
-
-def _thin_combining_marks(text: str) -> str:
-    out: list[str] = []
-    run = 0
-    for c in text:
-        if unicodedata.combining(c):
-            run += 1
-            if run > MAX_COMBINING_MARKS:
-                continue
-        else:
-            run = 0
-        out.append(c)
-    return "".join(out)
-
-
-_CHUNK_CUT_RE = re.compile(r"[.!?…;:,]\s|\s")
-
-
-def _chunks(text: str, size: int) -> list[str]:
-    """``text`` in consecutive chunks of at most ``size`` characters, cut after the last sentence
-    end (else clause mark, else space) of each window; a window without any is cut hard."""
-    chunks: list[str] = []
-    while len(text) > size:
-        window = text[:size]
-        cut = 0
-        for marks in (".!?…", ";:,", ""):
-            for m in _CHUNK_CUT_RE.finditer(window):
-                if not marks or m.group()[0] in marks:
-                    cut = m.end()
-            if cut:
-                break
-        cut = cut or size
-        chunks.append(text[:cut])
-        text = text[cut:]
-    if text.strip():
-        chunks.append(text)
-    return chunks
 
 
 # -- splitting ----------------------------------------------------------------------------------
