@@ -246,6 +246,15 @@ async def test_detached_sessions_count_toward_max_sessions() -> None:
             assert orjson.loads(await third.recv())["code"] == "busy"
 
 
+async def _first_error_after_speaking(ws: Any, context_id: str, text: str) -> dict[str, Any]:
+    await ws.recv()
+    await ws.send(msg(type="text", context_id=context_id, text=text))
+    await ws.send(msg(type="flush", context_id=context_id, final=True))
+    while (event := orjson.loads(await asyncio.wait_for(ws.recv(), 10)))["type"] != "error":
+        pass
+    return event
+
+
 class _MiscountingEngine(FakeEngine):
     """Returns one result too few once: ``Scheduler.complete`` raises on that batch."""
 
@@ -263,11 +272,7 @@ async def test_a_failure_while_delivering_a_batch_fails_its_contexts_and_the_sch
     async with run_server(FAST, engine_factory=_MiscountingEngine) as gw:
         url = f"ws://127.0.0.1:{gw.port}/v1/stream"
         async with connect(url) as ws:
-            await ws.recv()
-            await ws.send(msg(type="text", context_id="first", text="Hit by the bug."))
-            await ws.send(msg(type="flush", context_id="first", final=True))
-            while (error := orjson.loads(await asyncio.wait_for(ws.recv(), 10)))["type"] != "error":
-                pass
+            error = await _first_error_after_speaking(ws, "first", "Hit by the bug.")
             assert error["code"] == "engine_failed" and error["context_id"] == "first"
             assert gw.scheduler_alive
             await ws.send(msg(type="text", context_id="second", text="Heard anyway."))
@@ -350,3 +355,13 @@ async def test_a_flood_of_binary_frames_gets_a_few_answers_and_a_1008_close(capl
         assert ws.close_code == 1008
         assert replies[-1] == "too_many_violations" and len(replies) <= 11
         assert len([r for r in caplog.records if r.name == "voxgate.session"]) <= 15
+
+
+async def test_text_over_its_g2p_budget_fails_that_context_only() -> None:
+    async with run_server(dict(FAST, **{"engine.g2p_budget_s": 1e-9})) as gw:
+        url = f"ws://127.0.0.1:{gw.port}/v1/stream"
+        async with connect(url) as ws:
+            event = await _first_error_after_speaking(ws, "slow", "Any text at all.")
+            assert event["code"] == "text_too_slow" and event["context_id"] == "slow"
+            await ws.send(msg(type="session.update", speed=1.0))
+            assert orjson.loads(await asyncio.wait_for(ws.recv(), 10))["type"] == "session.updated"  # the session goes on
