@@ -107,6 +107,8 @@ class SessionConfig:
     #: session (1008); 0 never closes. Only the first few of a window are answered and logged.
     max_violations: int = 100
     violation_window_s: float = 10.0
+    #: Rejected messages answered (and logged) per window; later ones are only counted.
+    max_error_replies: int = 10
 
 
 @dataclass(frozen=True, slots=True)

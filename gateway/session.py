@@ -230,7 +230,9 @@ class Session:
         }
         #: Recently sent frames for ``resume``: (seq, bytes), bounded in frames and bytes.
         self._replay = ReplayBuffer(max_frames=config.replay_buffer_frames, max_bytes=config.replay_buffer_bytes)
-        self._guard = ViolationGuard(max_violations=config.max_violations, window_s=config.violation_window_s)
+        self._guard = ViolationGuard(
+            max_violations=config.max_violations, window_s=config.violation_window_s, max_replies=config.max_error_replies
+        )
         self._enqueue_message(None, self._created_message)
 
     # --- input from the client ------------------------------------------------------------------
