@@ -395,7 +395,7 @@ async def run_scenario(server: _Server, name: str, seconds: float) -> ScenarioRe
     result = ScenarioResult(name=name)
     port = server.port
     probes = [t for t in [await ttfa(port), await ttfa(port)] if t is not None]
-    result.ttfa_before_s = statistics.median(probes) if probes else None
+    result.ttfa_before_s = round(statistics.median(probes), 3) if probes else None
     result.rss_before_mib = server.rss_mib
     lines_before = server.lines
     stop = asyncio.Event()
