@@ -61,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_ray_parser(sub)
 
-    bench = sub.add_parser("bench", help="benchmarks: engine, load", add_help=False)
+    bench = sub.add_parser("bench", help="benchmarks: engine, load, soak, attack, codecs, danmaku, npc, ray-hop (voxgate bench --help)", add_help=False)
     bench.add_argument("args", nargs=argparse.REMAINDER)
     return parser
 
@@ -93,7 +93,30 @@ def _setup_logging(level: str) -> None:
         pass
 
 
+def port_in_use(host: str, port: int) -> OSError | None:
+    """Whether ``host:port`` cannot be listened on (checked before loading a model for seconds)."""
+    import socket
+
+    if port == 0:
+        return None
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        for family, kind, proto, _, address in infos[:1]:
+            with socket.socket(family, kind, proto) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as asyncio's server does
+                probe.bind(address)
+    except OSError as exc:
+        return exc
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:
+        # Everything after "bench" is the benchmark's own (its --help included).
+        from gateway.bench.__main__ import main as bench_main
+
+        return bench_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "bench":
@@ -120,6 +143,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "serve":
         from gateway.server import run
 
+        problem = port_in_use(config.server.host, config.server.port)
+        if problem is not None:
+            print(f"voxgate: cannot listen on {config.server.host}:{config.server.port}: {problem.strerror or problem}"
+                  " (another server there? choose one with --port)", file=sys.stderr)
+            return 1
+
         return run(config)
     if args.command in ("voices", "say"):
         from gateway.client import VoxgateClientError, VoxgateConnectionError
@@ -133,7 +162,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 url = None if args.local else args.url
                 say_to_wav(config, args.text, args.output, url=url, voice=args.voice, speed=args.speed, lang=args.lang)
                 print(args.output)
-        except (VoxgateClientError, VoxgateConnectionError) as exc:
+        except (VoxgateClientError, VoxgateConnectionError, ValueError) as exc:
             print(f"voxgate: {exc}", file=sys.stderr)
             return 1
         return 0

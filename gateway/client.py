@@ -609,6 +609,7 @@ class VoxgateClient:
         self.open_timeout = open_timeout
         self._gateway: Gateway | None = None
         self.session_id: str | None = None
+        self._resume_token = ""
         self.voices: list[str] = []
         self.langs: list[str] = []
         self.settings: dict[str, Any] = {}
@@ -699,7 +700,7 @@ class VoxgateClient:
                 await transport.close()
 
     async def reconnect(self, *, timeout: float = 5.0) -> bool:
-        """Resume this session on a new connection (``?session_id=<id>&last_seq=<n>``).
+        """Resume this session on a new connection (``?session_id=<id>&resume_token=<t>&last_seq=<n>``).
 
         Returns True when resumed. Guarantees then: the same ``session_id``; every frame after the
         last one received is replayed, in order, so ``seq`` stays gap-free and speeches that had
@@ -726,7 +727,11 @@ class VoxgateClient:
         deadline = loop.time() + timeout
         delay = 0.05
         while True:
-            query = {"session_id": self.session_id or "", "last_seq": -1 if self.last_seq is None else self.last_seq}
+            query = {
+                "session_id": self.session_id or "",
+                "resume_token": self._resume_token,
+                "last_seq": -1 if self.last_seq is None else self.last_seq,
+            }
             try:
                 transport = await self._open_transport(query)
             except VoxgateConnectionError:
@@ -889,6 +894,8 @@ class VoxgateClient:
     def _start_session(self, transport: _Transport, hello: dict[str, Any]) -> None:
         if hello["type"] == "session.created":
             self.session_id = hello["session_id"]
+            # The secret that resumes this session (the id alone does not); never logged.
+            self._resume_token = str(hello.get("resume_token") or "")
             self.voices = list(hello.get("voices") or [])
             self.langs = list(hello.get("langs") or [])
             self.settings = dict(hello.get("settings") or {})

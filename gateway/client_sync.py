@@ -161,8 +161,8 @@ def say_to_wav(
     in-process session, so the path is the server's own (G2P, segmenter, scheduler, encoder).
     Raises ``VoxgateClientError`` (e.g. ``unknown_voice``) or ``VoxgateConnectionError``.
     """
-    if not text:
-        raise ValueError("text must not be empty")
+    if not text.strip():
+        raise ValueError("nothing to say: the text is empty")
 
     async def speak(client: VoxgateClient) -> tuple[np.ndarray, int]:
         speech = client.speak(text, voice=voice, speed=speed, lang=lang)
@@ -187,6 +187,9 @@ def say_to_wav(
                 return await speak(client)
 
     samples, sample_rate = asyncio.run(remote() if url is not None else local())
+    if not len(samples):
+        # No empty WAV: emoji, symbols and punctuation alone are not read aloud.
+        raise ValueError("nothing in this text can be spoken (emoji, symbols and punctuation are not read aloud); no file written")
     return write_wav(output, samples, sample_rate)
 
 

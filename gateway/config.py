@@ -114,6 +114,18 @@ class SessionConfig:
     resume_grace_s: float = 30.0
     #: Frames kept for replay after a reconnect (500 x 20 ms = 10 s of audio).
     replay_buffer_frames: int = 500
+    #: ... and at most this many bytes of them (the client picks frame size and format).
+    replay_buffer_bytes: int = 2_000_000
+    #: Encoded audio waiting in a session's outbox above which it is paused, like the high-water mark.
+    output_high_water_bytes: int = 4_000_000
+    #: Control and error messages waiting unread in a session's outbox before it is closed (1008).
+    max_queued_messages: int = 1_024
+    #: Rejected messages (malformed, over a limit, binary) within violation_window_s that close the
+    #: session (1008); 0 never closes. Only the first few of a window are answered and logged.
+    max_violations: int = 100
+    violation_window_s: float = 10.0
+    #: Rejected messages answered (and logged) per window; later ones are only counted.
+    max_error_replies: int = 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +167,8 @@ class EngineConfig:
     #: 0: measure at start with the batch-size probe (GPU) or 1 (CPU, where batching does not pay).
     preferred_batch_size: int = 0
     warmup: bool = True
+    #: Seconds of G2P one text piece may take; past it that context fails with ``text_too_slow``.
+    g2p_budget_s: float = 3.0
     #: Languages whose G2P is loaded at start (others load on first use).
     preload_langs: tuple[str, ...] = ("en",)
     #: For kind = "tiny": seed of the random-weight test model.
@@ -418,6 +432,10 @@ def _validate(config: Config) -> None:
         (config.scheduler.max_wait_ms >= 0, "scheduler.max_wait_ms must be >= 0"),
         (config.scheduler.max_length_ratio >= 1, "scheduler.max_length_ratio must be >= 1"),
         (config.engine.max_batch_size >= 1, "engine.max_batch_size must be >= 1"),
+        (config.session.replay_buffer_bytes >= 1, "session.replay_buffer_bytes must be >= 1"),
+        (config.session.output_high_water_bytes >= 1_024, "session.output_high_water_bytes must be >= 1024"),
+        (config.session.max_queued_messages >= 16, "session.max_queued_messages must be >= 16"),
+        (config.session.violation_window_s > 0, "session.violation_window_s must be > 0"),
         (config.engine.num_threads >= 0, "engine.num_threads must be >= 0"),
         (0 <= config.danmaku.listen_port <= 65_535, "danmaku.listen_port must be 0..65535"),
         (config.danmaku.max_queued >= 1, "danmaku.max_queued must be >= 1"),

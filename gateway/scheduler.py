@@ -269,6 +269,19 @@ class Scheduler:
             delivered.append((piece, result))
         return delivered
 
+    def abort(self, batch: Batch) -> list[Piece]:
+        """The batch's results could not be used (the engine returned the wrong number, delivery
+        raised): release the engine and fail its pieces. Returns those still wanted, whose contexts
+        the caller fails. Idempotent; pieces cancelled meanwhile are left out."""
+        if self._running is batch:
+            self._running = None
+        failed: list[Piece] = []
+        for piece in batch.pieces:
+            if piece.status is not PieceStatus.CANCELLED:
+                piece.status = PieceStatus.FAILED
+                failed.append(piece)
+        return failed
+
     def take_expired(self) -> list[Piece]:
         """Pieces dropped because their TTL passed before they could start (swap and return)."""
         expired, self._expired = self._expired, []

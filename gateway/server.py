@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import hmac
 import logging
 import math
+import secrets
 import signal
 import time
 import uuid
@@ -39,7 +41,6 @@ from gateway.errors import (
     EngineFailed,
     ProtocolError,
     SessionRefused,
-    VoxgateError,
 )
 from gateway.http import (
     FrontDoor,
@@ -53,6 +54,7 @@ from gateway.metrics import CONTENT_TYPE_LATEST, Metrics
 from gateway.protocol import context_id_of, dumps
 from gateway.scheduler import FINISHED_REASONS, Batch, Piece, Scheduler
 from gateway.session import Context, PieceRequest, Session, SessionState
+from gateway.text.g2p import G2PTooSlow
 
 __all__ = ["Gateway", "LocalConnection", "run", "STREAM_PATH"]
 
@@ -126,6 +128,10 @@ class _Runtime:
     timer: asyncio.TimerHandle | None = None
     #: Frames replayed after a resume must leave before anything newer: the writer waits for this.
     replay: asyncio.Task[None] | None = None
+    #: Digest of the auth token the session was opened with: a resume must present the same one.
+    auth_digest: bytes = b""
+    #: A close of this connection is under way (closing is idempotent: timers may ask again).
+    closing: bool = False
 
 
 class Gateway:
@@ -141,7 +147,7 @@ class Gateway:
         self.metrics = Metrics()
         self._engine_factory = engine_factory or (lambda: create_engine(config.engine))
         self.worker = EngineWorker(self._engine_factory, warmup=config.engine.warmup)
-        self.g2p = G2PWorker(self._make_g2p)
+        self.g2p = G2PWorker(self._make_g2p, budget_s=config.engine.g2p_budget_s)
         self.scheduler: Scheduler | None = None
         self.engine: Engine | None = None
         #: Read once on the engine thread at load (see ``EngineFacts``).
@@ -153,6 +159,7 @@ class Gateway:
         self._lag_task: asyncio.Task[None] | None = None
         self._ws_server: Server | None = None
         self._draining = False
+        self._stopping = False
         self._voices: list[str] = []
         self._langs: list[str] = []
         self.port = 0
@@ -213,11 +220,20 @@ class Gateway:
         """Graceful shutdown: stop accepting, let open contexts finish within ``grace_s``, close every
         session with 1012, stop the engine thread last."""
         grace = self.config.server.shutdown_grace_s if grace_s is None else grace_s
+        if self._stopping:
+            return  # idempotent: a second stop (a second signal, an outer context manager) is a no-op
+        self._stopping = True
         self._draining = True
         if self._ws_server is not None:
             self._ws_server.close(close_connections=False)
         if self._front_door is not None:
             self._front_door.close()
+        now = asyncio.get_running_loop().time()
+        for rt in list(self._runtimes.values()):
+            if rt.ws is not None and rt.session.state is SessionState.OPEN:
+                # Open contexts are finished as if flushed: all their text is spoken within the grace.
+                rt.session.drain(now)
+                self._pump(rt)
         deadline = time.monotonic() + grace
         while time.monotonic() < deadline and any(
             rt.session.contexts or rt.session.has_outgoing for rt in self._runtimes.values() if rt.ws is not None
@@ -240,6 +256,11 @@ class Gateway:
         self.g2p.stop()
         await asyncio.to_thread(self.worker.stop)
         self.metrics.engine_ready.set(0)
+
+    @property
+    def scheduler_alive(self) -> bool:
+        """Whether the scheduler loop runs (readiness: without it no session gets audio)."""
+        return self._scheduler_task is not None and not self._scheduler_task.done()
 
     async def __aenter__(self) -> Gateway:
         await self.start()
@@ -299,12 +320,7 @@ class Gateway:
         token = self.config.server.auth_token
         if not token:
             return False
-        supplied = ""
-        auth = headers.get("Authorization") or headers.get("authorization") or ""
-        if auth.lower().startswith("bearer "):
-            supplied = auth[7:].strip()
-        supplied = supplied or (query.get("token") or [""])[0]
-        return hmac.compare_digest(supplied.encode(), token.encode())
+        return hmac.compare_digest(_presented_token(headers, query).encode(), token.encode())
 
     # --- WebSocket sessions ---------------------------------------------------------------------
 
@@ -331,10 +347,11 @@ class Gateway:
     async def _serve_session(self, ws: Connection, query: str) -> None:
         loop = asyncio.get_running_loop()
         assert self.scheduler is not None
-        rt = self._resume(ws, query, loop.time())
+        auth_digest = _credential_digest(ws, query)
+        rt = self._resume(ws, query, loop.time(), auth_digest)
         if rt is None:
-            open_sessions = sum(1 for r in self._runtimes.values() if r.ws is not None)
-            if open_sessions >= self.config.server.max_sessions:
+            # Detached sessions hold their replay buffers and wait for a resume: they count too.
+            if len(self._runtimes) >= self.config.server.max_sessions:
                 self.metrics.sessions_refused.labels(reason="busy").inc()
                 error = SessionRefused(f"server at its limit of {self.config.server.max_sessions} sessions; try again later")
                 await ws.send(dumps({"type": "error", "code": error.code, "message": str(error)}))
@@ -347,8 +364,9 @@ class Gateway:
                 voices=self._voices,
                 langs=self._langs,
                 now=loop.time(),
+                resume_token=secrets.token_urlsafe(32) if self.config.session.resume_grace_s > 0 else "",
             )
-            rt = _Runtime(session=session, ws=ws)
+            rt = _Runtime(session=session, ws=ws, auth_digest=auth_digest)
             self._runtimes[session.session_id] = rt
         self.metrics.active_sessions.inc()
         rt.writer = loop.create_task(self._writer(rt), name=f"voxgate-writer-{rt.session.session_id[:8]}")
@@ -358,19 +376,20 @@ class Gateway:
                 now = loop.time()
                 if rt.session.state is not SessionState.OPEN:
                     break
+                if rt.session.close_code is not None:
+                    # Closing (violations, slow consumer): input is read and discarded until the close.
+                    self._close_ws(rt)
+                    continue
                 if isinstance(raw, bytes):
                     rt.session.receive_binary(now)
                 elif len(raw) > self.config.server.max_message_bytes:
-                    rt.session.send_error(
+                    rt.session.reject(
                         ProtocolError(
                             f"message over {self.config.server.max_message_bytes} bytes",
                             code="message_too_big",
                             context_id=context_id_of(raw),
-                        )
-                    )
-                elif self._draining:
-                    rt.session.send_error(
-                        VoxgateError("server shutting down; no new text accepted", code="shutting_down", context_id=context_id_of(raw))
+                        ),
+                        now,
                     )
                 else:
                     rt.session.receive_text(raw, now)
@@ -381,24 +400,30 @@ class Gateway:
             self.metrics.active_sessions.dec()
             await self._detach(rt)
 
-    def _resume(self, ws: Connection, query: str, now: float) -> _Runtime | None:
-        """Reattach a detached session named in ``?session_id=...&last_seq=N``; None: a new session."""
+    def _resume(self, ws: Connection, query: str, now: float, auth_digest: bytes) -> _Runtime | None:
+        """Reattach a detached session named in ``?session_id=...&resume_token=...&last_seq=N``;
+        None: a new session. The resume token is the credential: it is compared in constant time,
+        must come with the auth token the session was opened with, and is never logged."""
         params = parse_qs(query)
         session_id = (params.get("session_id") or [""])[0]
         if not session_id:
             return None
         rt = self._runtimes.get(session_id)
+        token = (params.get("resume_token") or [""])[0]
         try:
             last_seq = int((params.get("last_seq") or ["-1"])[0])
         except ValueError:
             last_seq = -2
-        replay = rt.session.resume(last_seq, now) if rt is not None and rt.ws is None and last_seq >= -1 else None
+        replay = None
+        if rt is not None and rt.ws is None and last_seq >= -1 and hmac.compare_digest(rt.auth_digest, auth_digest):
+            replay = rt.session.resume(last_seq, now, token=token)
         if rt is None or replay is None:
             self._send_later(ws, {"type": "error", "code": "resume_failed", "message": "session unknown, expired or frames no longer buffered; starting a new session"})
             return None
         if rt.timer is not None:
             rt.timer.cancel()
         rt.ws = ws
+        rt.closing = False
         rt.replay = self._send_later(ws, {"type": "session.resumed", "session_id": session_id, "replayed": len(replay)}, replay)
         return rt
 
@@ -452,6 +477,7 @@ class Gateway:
             self._cancel_context(context)
         if self.scheduler is not None:
             self.scheduler.cancel_session(rt.session)
+        self.g2p.cancel_owner(rt.session)
         if rt.timer is not None:
             rt.timer.cancel()
         if rt.writer is not None:
@@ -476,9 +502,13 @@ class Gateway:
         self._arm_timer(rt)
         if rt.ws is not None and (session.has_outgoing or session.close_code is not None):
             rt.wake.set()
+        if session.close_code is not None:
+            # The writer may be stuck on a client that does not read: close from here too.
+            self._close_ws(rt)
 
     def _cancel_context(self, context: Context) -> None:
         assert self.scheduler is not None
+        self.g2p.cancel(context)  # queued text of a cancelled context is never phonemized
         dropped = self.scheduler.cancel_context(context)
         self.metrics.pieces.labels(outcome="cancelled").inc(len(dropped))
         self._update_queue_depth()
@@ -501,9 +531,23 @@ class Gateway:
             return
         rt.session.receive_timeout(asyncio.get_running_loop().time())
         self._pump(rt)
-        if rt.session.close_code is not None and rt.ws is not None:
-            # The writer may be stuck on a client that does not read: close from here.
-            self._spawn(rt.ws.close(rt.session.close_code, rt.session.close_reason))
+
+    def _close_ws(self, rt: _Runtime) -> None:
+        """Close the session's connection with its close code; idempotent. The writer gets a moment
+        to send what is queued (the error saying why); a client that does not read is closed anyway."""
+        ws, code = rt.ws, rt.session.close_code
+        if rt.closing or ws is None or code is None:
+            return
+        rt.closing = True
+        reason, writer = rt.session.close_reason, rt.writer
+
+        async def close() -> None:
+            if writer is not None:
+                await asyncio.wait({writer}, timeout=1.0)
+            with contextlib.suppress(Exception):
+                await ws.close(code, reason)
+
+        self._spawn(close())
 
     async def _writer(self, rt: _Runtime) -> None:
         """The only code that writes to this session's socket."""
@@ -536,8 +580,9 @@ class Gateway:
 
     def _phonemize(self, rt: _Runtime, request: PieceRequest) -> None:
         loop = asyncio.get_running_loop()
-        future = self.g2p.submit(request.text, request.context.settings.lang)
-        # One G2P thread completes in submission order, and call_soon_threadsafe keeps that order.
+        future = self.g2p.submit(request.text, request.context.settings.lang, owner=rt.session, tag=request.context)
+        # The G2P thread completes a session's jobs in submission order (round-robin across sessions),
+        # and call_soon_threadsafe keeps that order.
         future.add_done_callback(lambda f: loop.call_soon_threadsafe(self._on_phonemes, rt, request, f))
 
     def _on_phonemes(self, rt: _Runtime, request: PieceRequest, future: Any) -> None:
@@ -545,6 +590,13 @@ class Gateway:
         now = asyncio.get_running_loop().time()
         context = request.context
         if future.cancelled() or context.state.is_finished():
+            return
+        if isinstance(future.exception(), G2PTooSlow):
+            logger.info("session %s: G2P over its budget on a %d-character piece", rt.session.log_tag, len(request.text))
+            error = ProtocolError(str(future.exception()), code="text_too_slow")
+            rt.session.receive_failure(request, error, now)
+            self.metrics.errors.labels(code="text_too_slow").inc()
+            self._pump(rt)
             return
         if future.exception() is not None:
             logger.error("G2P failed", exc_info=future.exception())
@@ -608,8 +660,14 @@ class Gateway:
         while True:
             self._wake.clear()
             now = loop.time()
-            batch = scheduler.schedule(now)
-            self._report_expired(scheduler.take_expired(), now)
+            try:
+                batch = scheduler.schedule(now)
+                self._report_expired(scheduler.take_expired(), now)
+            except Exception:
+                # A bug, not a client's doing; the loop must outlive it (everyone's audio needs it).
+                logger.error("scheduler step failed", exc_info=True)
+                await asyncio.sleep(0.05)
+                continue
             if batch is None:
                 deadline = scheduler.next_deadline(now)
                 timeout = None if deadline is None else max(0.0, deadline - now)
@@ -642,19 +700,35 @@ class Gateway:
         self.metrics.engine_ready.set(1 if self.worker.alive else 0)
         now = loop.time()
         touched: dict[int, _Runtime] = {}
-        for piece, result in self.scheduler.complete(batch, outcome, now=now):
-            rt, request, part, phoneme_piece = piece.payload
-            touched[id(rt)] = rt
-            if isinstance(result, EngineFailed):
-                self.metrics.pieces.labels(outcome="failed").inc()
-                self.metrics.errors.labels(code="engine_failed").inc()
-                rt.session.receive_failure(request, result, now)
-            else:
-                self.metrics.pieces.labels(outcome="done").inc()
-                self.metrics.audio_seconds.inc(len(result.audio) / 24_000)
-                rt.session.receive_audio(request, part, result, now, words=phoneme_piece.words)
+        try:
+            for piece, result in self.scheduler.complete(batch, outcome, now=now):
+                rt, request, part, phoneme_piece = piece.payload
+                touched[id(rt)] = rt
+                if isinstance(result, EngineFailed):
+                    self.metrics.pieces.labels(outcome="failed").inc()
+                    self.metrics.errors.labels(code="engine_failed").inc()
+                    rt.session.receive_failure(request, result, now)
+                else:
+                    self.metrics.pieces.labels(outcome="done").inc()
+                    self.metrics.audio_seconds.inc(len(result.audio) / 24_000)
+                    rt.session.receive_audio(request, part, result, now, words=phoneme_piece.words)
+        except Exception:
+            logger.error("delivering a batch failed; failing its contexts", exc_info=True)
+            touched.update(self._fail_batch(batch, now))
         for rt in touched.values():
             self._pump(rt)
+
+    def _fail_batch(self, batch: Batch, now: float) -> dict[int, _Runtime]:
+        """Fail the contexts of a batch whose results could not be delivered; others are untouched."""
+        assert self.scheduler is not None
+        touched: dict[int, _Runtime] = {}
+        for piece in self.scheduler.abort(batch):
+            rt, request, _, _ = piece.payload
+            touched[id(rt)] = rt
+            self.metrics.errors.labels(code="engine_failed").inc()
+            with contextlib.suppress(Exception):
+                rt.session.receive_failure(request, EngineFailed("synthesis failed"), now)
+        return touched
 
     def _report_expired(self, pieces: list[Piece], now: float) -> None:
         touched: dict[int, _Runtime] = {}
@@ -704,7 +778,7 @@ class Gateway:
             self.worker.alive
             and self.scheduler is not None
             and not self._draining
-            and bool(getattr(self, "scheduler_alive", True))
+            and self.scheduler_alive
         )
         body: dict[str, Any] = {"ready": ready}
         facts = self.engine_facts
@@ -727,6 +801,21 @@ def _schedule_hints(piece: Piece, now: float) -> ScheduleHints:
         due_in_s=due - now,
         start_within_s=None if piece.start_deadline is None else piece.start_deadline - now,
     )
+
+
+def _credential_digest(ws: Connection, query: str) -> bytes:
+    """A digest of the auth token this connection presented (bearer header or ``?token=``), so that
+    a session can be bound to it without keeping the token itself."""
+    request = getattr(ws, "request", None)
+    headers: Headers | dict[str, str] = request.headers if request is not None else {}
+    return hashlib.sha256(_presented_token(headers, parse_qs(query)).encode()).digest()
+
+
+def _presented_token(headers: Headers | dict[str, str], query: dict[str, list[str]]) -> str:
+    """The token a request presents: a bearer ``Authorization`` header, else ``?token=``."""
+    auth = headers.get("Authorization") or headers.get("authorization") or ""
+    supplied = auth[7:].strip() if auth.lower().startswith("bearer ") else ""
+    return supplied or (query.get("token") or [""])[0]
 
 
 def _playback_deadline(context: Context, audio_before_s: float) -> Callable[[], float]:

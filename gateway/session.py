@@ -18,8 +18,8 @@ Guarantees, testable without a socket:
 from __future__ import annotations
 
 import collections
+import hmac
 import logging
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from enum import IntEnum
@@ -33,6 +33,7 @@ from gateway.codecs import check_packet_format
 from gateway.config import SegmenterConfig, SessionConfig
 from gateway.engines.base import SAMPLE_RATE, SynthesisResult
 from gateway.errors import CloseCode, InvalidState, LimitExceeded, ProtocolError, VoxgateError
+from gateway.guard import ReplayBuffer, TokenBucket, Verdict, ViolationGuard
 from gateway.protocol import (
     AUDIO_FORMATS,
     PROTOCOL_VERSION,
@@ -181,10 +182,15 @@ class Session:
         voices: Sequence[str],
         langs: Sequence[str],
         now: float,
+        resume_token: str = "",
     ) -> None:
         if not voices:
             raise ValueError("a session needs at least one voice")
         self.session_id = session_id
+        #: The secret a client must present to resume (empty: this session cannot be resumed).
+        self.resume_token = resume_token
+        #: What log lines call this session: a prefix of the id, not a credential.
+        self.log_tag = session_id[:8]
         self.config = config
         self.segmenter_config = segmenter_config
         self.voices = list(voices)
@@ -204,23 +210,31 @@ class Session:
         self._num_contexts_created = 0
         self._outbox: collections.deque[_OutFrame | _OutMessage] = collections.deque()
         self._queued_audio_ms = 0.0
+        #: Encoded audio bytes and control/error messages waiting in the outbox (both bounded).
+        self._queued_audio_bytes = 0
+        self._num_queued_messages = 0
         self._next_seq = 0
         self._pieces: list[PieceRequest] = []
         self._to_cancel: list[Context] = []
         self._finished: list[Context] = []
         self._ttfa: list[float] = []
         self.paused = False
+        #: The server is shutting down: no new text; open contexts are being finished.
+        self.draining = False
         self._pause_changed = False
         self._paused_since: float | None = None
         self.close_code: CloseCode | None = None
         self.close_reason = ""
         self.last_activity = now
         self._buckets = {
-            "messages": _TokenBucket(config.max_messages_per_s, now),
-            "chars": _TokenBucket(config.max_chars_per_s, now),
+            "messages": TokenBucket(config.max_messages_per_s, now),
+            "chars": TokenBucket(config.max_chars_per_s, now),
         }
-        #: Recently sent frames for ``resume``: (seq, bytes).
-        self._replay: collections.deque[tuple[int, bytes]] = collections.deque(maxlen=max(1, config.replay_buffer_frames))
+        #: Recently sent frames for ``resume``: (seq, bytes), bounded in frames and bytes.
+        self._replay = ReplayBuffer(max_frames=config.replay_buffer_frames, max_bytes=config.replay_buffer_bytes)
+        self._guard = ViolationGuard(
+            max_violations=config.max_violations, window_s=config.violation_window_s, max_replies=config.max_error_replies
+        )
         self._enqueue_message(None, self._created_message)
 
     # --- input from the client ------------------------------------------------------------------
@@ -238,17 +252,37 @@ class Session:
             message = parse_client_message(raw)
             self._apply(message, now)
         except VoxgateError as exc:
-            self.send_error(exc)
+            self.reject(exc, now)
 
     def receive_binary(self, now: float) -> None:
         self._require_open()
         self.last_activity = now
-        self.send_error(ProtocolError("binary messages are not accepted; send JSON text frames", code="binary_not_allowed"))
+        try:
+            self._check_rate("messages", 1, now)
+            raise ProtocolError("binary messages are not accepted; send JSON text frames", code="binary_not_allowed")
+        except VoxgateError as exc:
+            self.reject(exc, now)
+
+    def reject(self, error: VoxgateError, now: float) -> None:
+        """Answer a client's violation, within the session's allowance: past ``max_replies`` in a
+        window errors are counted but not answered (nor logged); past ``max_violations`` the session
+        is closed with 1008."""
+        verdict = self._guard.record(now, log_tag=self.log_tag, code=error.code)
+        if verdict is Verdict.CLOSE:
+            if self.close_code is None:
+                closing = LimitExceeded(
+                    f"over {self.config.max_violations} rejected messages within {self.config.violation_window_s:g} s",
+                    code="too_many_violations",
+                )
+                closing.close_code = CloseCode.POLICY_VIOLATION
+                self.send_error(closing)
+        elif verdict is Verdict.REPLY:
+            self.send_error(error)
 
     def receive_timeout(self, now: float) -> None:
         """Run what is due at ``now``: speak text waiting longer than ``max_buffer_ms``, close a slow
         consumer or an idle session. Call it at ``next_deadline()``."""
-        if self.state is not SessionState.OPEN:
+        if self.state is not SessionState.OPEN or self.close_code is not None:
             return
         for context in list(self.contexts.values()):
             if (
@@ -264,6 +298,8 @@ class Session:
 
     def next_deadline(self) -> float | None:
         """When ``receive_timeout`` has something to do, if nothing else happens first."""
+        if self.close_code is not None:
+            return None  # closing: nothing is due any more (a past deadline would fire forever)
         deadlines = [
             c.last_text_at + self.config.max_buffer_ms / 1000
             for c in self.contexts.values()
@@ -369,8 +405,10 @@ class Session:
             return None
         item = self._outbox.popleft()
         if isinstance(item, _OutMessage):
+            self._num_queued_messages -= 1
             return dumps(item.render())
         self._queued_audio_ms -= item.duration_ms
+        self._queued_audio_bytes -= len(item.payload)
         self._update_pause(now)
         seq = self._next_seq
         self._next_seq += 1
@@ -382,14 +420,14 @@ class Session:
             if context.first_piece_at is not None:
                 self._ttfa.append(max(0.0, now - context.first_piece_at))
         data = encode_audio_frame(seq, context.index, item.sample_offset, item.flags, item.payload)
-        self._replay.append((seq, data))
+        self._replay.append(seq, data)
         return data
 
     def send_error(self, error: VoxgateError) -> None:
         message: dict[str, Any] = {"type": "error", "code": error.code, "message": str(error)}
         if error.context_id is not None:
             message["context_id"] = error.context_id
-        logger.info("session %s: error %s: %s", self.session_id, error.code, error)
+        logger.info("session %s: error %s: %s", self.log_tag, error.code, error)
         self._enqueue_message(None, lambda: message)
         if error.close_code is not None:
             self.close_code, self.close_reason = error.close_code, error.code
@@ -412,21 +450,34 @@ class Session:
         else:
             self.close()
 
+    def drain(self, now: float) -> None:
+        """The server is shutting down: refuse new text and finish every open context as if its
+        final flush had arrived, so that all its text is spoken and ``context.done`` sent."""
+        self.draining = True
+        for context in list(self.contexts.values()):
+            if context.state is ContextState.OPEN:
+                self._cut(context, context.segmenter.flush(), now)
+                context.state = ContextState.CLOSING
+                self._drain_results(context, now)
+
     def close(self) -> list[Context]:
         """End the session: every open context is cancelled; returns them for the scheduler."""
         dropped = [c for c in self.contexts.values() if not c.state.is_finished()]
         for context in dropped:
             context.state = ContextState.CANCELLED
         self.contexts.clear()
-        self._outbox.clear()
-        self._queued_audio_ms = 0.0
+        self._clear_outbox()
         self.state = SessionState.CLOSED
         return dropped
 
-    def resume(self, last_seq: int, now: float) -> list[bytes] | None:
-        """A client reconnected: frames after ``last_seq`` to send again, or None when the replay
-        buffer no longer holds them (the caller answers ``resume_failed``)."""
+    def resume(self, last_seq: int, now: float, *, token: str) -> list[bytes] | None:
+        """A client reconnected: frames after ``last_seq`` to send again, or None when ``token`` is
+        not this session's resume token or the replay buffer no longer holds them (the caller answers
+        ``resume_failed``, the same answer either way)."""
         if self.state is not SessionState.DETACHED:
+            return None
+        # Constant time: the token is the credential (the session id travels in logs and URLs).
+        if not self.resume_token or not hmac.compare_digest(token.encode(), self.resume_token.encode()):
             return None
         if last_seq + 1 < self._next_seq and (not self._replay or self._replay[0][0] > last_seq + 1):
             return None
@@ -446,7 +497,7 @@ class Session:
             "langs": self.langs,
             "formats": list(AUDIO_FORMATS),
             "settings": self.settings.as_dict(),
-        }
+        } | ({"resume_token": self.resume_token} if self.resume_token else {})
 
     def _require_open(self) -> None:
         if self.state is not SessionState.OPEN:
@@ -490,6 +541,8 @@ class Session:
 
     def _apply_text(self, message: TextMessage, now: float) -> None:
         cid = message.context_id
+        if self.draining:
+            raise VoxgateError("server shutting down; no new text accepted", code="shutting_down", context_id=cid)
         if not message.text:
             raise ProtocolError("text must not be empty", code="empty_text", context_id=cid)
         if len(message.text) > self.config.max_text_chars_per_message:
@@ -656,6 +709,7 @@ class Session:
         context.last_frame = frame
         self._outbox.append(frame)
         self._queued_audio_ms += frame.duration_ms
+        self._queued_audio_bytes += len(frame.payload)
         self._update_pause(now)
 
     def _finish_context(self, context: Context, state: ContextState, now: float) -> None:
@@ -696,25 +750,46 @@ class Session:
             if item.context is context and (isinstance(item, _OutFrame) or item.purge_on_cancel):
                 if isinstance(item, _OutFrame):
                     self._queued_audio_ms -= item.duration_ms
+                    self._queued_audio_bytes -= len(item.payload)
+                else:
+                    self._num_queued_messages -= 1
                 continue
             kept.append(item)
         self._outbox = kept
         self._update_pause(now)
 
     def _enqueue_message(self, context: Context | None, render: Callable[[], dict[str, Any]], *, purge_on_cancel: bool = False) -> None:
+        if self._num_queued_messages >= self.config.max_queued_messages:
+            # Control and error messages count toward the outbox bound too: a client that never
+            # reads them is closed (one last error past the bound says why), not buffered forever.
+            if self.close_code is not None:
+                return
+            logger.warning("session %s: %d messages unread; closing it", self.log_tag, self._num_queued_messages)
+            self.close_code, self.close_reason = CloseCode.POLICY_VIOLATION, "outbox_full"
+            render = lambda: {"type": "error", "code": "outbox_full", "message": "too many unread messages"}  # noqa: E731
+            context, purge_on_cancel = None, False
         self._outbox.append(_OutMessage(context, render, purge_on_cancel))
+        self._num_queued_messages += 1
 
     def _update_pause(self, now: float) -> None:
-        if not self.paused and self._queued_audio_ms > self.config.output_high_water_ms:
+        high_bytes = self.config.output_high_water_bytes
+        if not self.paused and (self._queued_audio_ms > self.config.output_high_water_ms or self._queued_audio_bytes > high_bytes):
             self.paused, self._pause_changed = True, True
             self._paused_since = now
-        elif self.paused and self._queued_audio_ms <= self.config.output_low_water_ms:
+        elif self.paused and self._queued_audio_ms <= self.config.output_low_water_ms and self._queued_audio_bytes <= high_bytes // 2:
             self.paused, self._pause_changed = False, True
             self._paused_since = None
 
-    def _close_slow_consumer(self) -> None:
+    def _clear_outbox(self) -> None:
         self._outbox.clear()
         self._queued_audio_ms = 0.0
+        self._queued_audio_bytes = 0
+        self._num_queued_messages = 0
+
+    def _close_slow_consumer(self) -> None:
+        self._clear_outbox()
+        # Not paused any more as far as deadlines go: the close is due once, not on every loop turn.
+        self._paused_since = None
         error = VoxgateError(
             f"client did not read its audio for {self.config.slow_consumer_timeout_s:g} s",
             code="slow_consumer",
@@ -728,22 +803,3 @@ class Session:
     def _check_rate(self, bucket: str, amount: float, now: float, *, context_id: str | None = None) -> None:
         if not self._buckets[bucket].take(amount, now):
             raise LimitExceeded(f"over the session's {bucket} rate limit; slow down", code="rate_limited", context_id=context_id)
-
-
-class _TokenBucket:
-    """Allows ``rate`` per second on average with bursts of one second's worth; rate 0 disables."""
-
-    def __init__(self, rate: float, now: float) -> None:
-        self.rate = rate
-        self.tokens = rate
-        self.stamp = now
-
-    def take(self, amount: float, now: float) -> bool:
-        if self.rate <= 0:
-            return True
-        self.tokens = min(self.rate, self.tokens + (now - self.stamp) * self.rate)
-        self.stamp = now
-        if amount > self.tokens and not math.isclose(amount, self.tokens):
-            return False
-        self.tokens -= amount
-        return True

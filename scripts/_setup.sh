@@ -22,7 +22,22 @@ fi
 
 STAMP="$VENV/.voxgate-installed${EXTRAS:+-$EXTRAS}"
 WANT="$(cat "$ROOT/pyproject.toml" | sha256sum | cut -c1-16)"
-if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
+# Installed already when any stamp of this pyproject.toml covers the wanted extras: scripts/test
+# installs [test], which includes everything scripts/serve needs, so serve must not reinstall.
+installed() {
+  local stamp have extra
+  for stamp in "$VENV"/.voxgate-installed "$VENV"/.voxgate-installed-*; do
+    [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$WANT" ] || continue
+    have="${stamp##*/.voxgate-installed}"
+    have=",${have#-},"
+    for extra in ${EXTRAS//,/ }; do
+      [[ "$have" == *",$extra,"* ]] || continue 2
+    done
+    return 0
+  done
+  return 1
+}
+if ! installed; then
   "$PY" -m pip install --quiet --upgrade pip
   if ! "$PY" -c "import torch" 2>/dev/null; then
     echo "voxgate: installing torch==2.13.0 (CPU build)" >&2

@@ -82,3 +82,56 @@ def test_say_local_goes_through_the_gateway_even_with_a_fixed_port_configured(tm
 
     samples, _ = read_wav(path)
     assert len(samples) > 0
+
+
+@pytest.mark.parametrize("text", ["", "   "])
+def test_say_with_nothing_to_say_fails_clearly_before_loading_anything(text: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "out.wav"
+    assert main(["say", text, "-o", str(out), "--local", *TINY]) == 1
+    assert "nothing to say" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_say_with_only_emoji_writes_no_empty_wav(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "out.wav"
+    assert main(["say", "👍🎉", "-o", str(out), "--local", *TINY]) == 1
+    assert "can be spoken" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_serve_on_a_port_in_use_says_so_before_loading_the_model(capsys: pytest.CaptureFixture[str]) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        # The kokoro engine would take seconds to load (and need weights): the check comes first.
+        assert main(["serve", "--engine", "kokoro", "--host", "127.0.0.1", "--port", str(port)]) == 1
+    err = capsys.readouterr().err
+    assert f"cannot listen on 127.0.0.1:{port}" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("argv", [["bench", "--help"], ["bench", "-h"]])
+def test_bench_help_is_answered(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(argv) == 0
+    assert "attack" in capsys.readouterr().out
+
+
+def test_a_superset_install_satisfies_a_subset(tmp_path: Path) -> None:
+    import hashlib
+    import os
+    import subprocess
+
+    from gateway.config import REPO_ROOT
+
+    want = hashlib.sha256((REPO_ROOT / "pyproject.toml").read_bytes()).hexdigest()[:16]
+    env = dict(os.environ, VOXGATE_VENV=str(tmp_path), VOXGATE_PYTHON="/bin/false", VOXGATE_NO_APT="1")
+    setup = f"source {REPO_ROOT / 'scripts' / '_setup.sh'}"
+    # Nothing installed: setup must install (here it fails, /bin/false being the interpreter).
+    assert subprocess.run(["bash", "-c", f"{setup} ''"], env=env, capture_output=True).returncode != 0
+    (tmp_path / ".voxgate-installed-test").write_text(want + "\n")
+    # scripts/test installed [test]; scripts/serve (no extras) must not reinstall everything.
+    assert subprocess.run(["bash", "-c", f"{setup} ''"], env=env, capture_output=True).returncode == 0
+    assert subprocess.run(["bash", "-c", f"{setup} test"], env=env, capture_output=True).returncode == 0
+    assert subprocess.run(["bash", "-c", f"{setup} gpu"], env=env, capture_output=True).returncode != 0

@@ -67,6 +67,9 @@ def live_server() -> Iterator[tuple[int, asyncio.AbstractEventLoop]]:
             "engine.kind": "fake",
             "session.max_buffer_ms": 60_000,
             "session.max_messages_per_s": 0,
+            # Every error answered (the flood guard answers 10 a window and closes at 100 by default).
+            "session.max_error_replies": 100_000,
+            "session.max_violations": 0,
             "session.max_chars_per_s": 0,
         }
         async with run_server(overrides) as gw:

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from gateway.engines.base import MAX_PHONEMES
 from gateway.text import g2p as g2p_module
+from gateway.text import g2p_bounds
 from gateway.text.g2p import G2P, PhonemePiece, UnsupportedLanguage, load_vocab
 
 PARAGRAPH = (
@@ -344,3 +345,46 @@ def test_the_default_vocab_is_kokoros() -> None:
     vocab = load_vocab()
     assert {" ", "ə", "ˈ", "ɹ", "↓", "ꭧ", "."} <= vocab
     assert "❓" not in vocab
+
+
+def _best_of_two(g2p: G2P, text: str) -> float:
+    import time
+
+    times = []
+    for _ in range(2):
+        started = time.perf_counter()
+        g2p.phonemize(text)
+        times.append(time.perf_counter() - started)
+    return min(times)
+
+
+@pytest.mark.parametrize("unit", ["a-", "a/", "1-", "a_", "a+"])
+def test_g2p_cost_grows_linearly_with_separator_laden_text(english: G2P, unit: str) -> None:
+    # misaki tries every span of a space-free word's sub-tokens (cubic): 200 characters of "a-a-..."
+    # took 34 s before words were bounded. Four times the text must cost about four times as much.
+    short, long = _best_of_two(english, unit * 30), _best_of_two(english, unit * 120)
+    assert long < 12 * max(short, 0.005)
+
+
+def test_bounded_words_keep_ordinary_text_and_cut_runaway_words() -> None:
+    assert g2p_bounds.bound_words("Hello there, well-known friend.") == "Hello there, well-known friend."
+    cut = g2p_bounds.bound_words("a-" * 20)
+    assert all(len(g2p_bounds._ATOM_RE.findall(word)) <= g2p_bounds.MAX_WORD_ATOMS for word in cut.split())
+    assert cut.replace(" ", "") == "a-" * 20
+    zalgo = g2p_bounds.bound_words("a" + "\u0301" * 3000 + "b")
+    assert zalgo == "a\u0301\u0301b"
+
+
+def test_a_piece_over_its_time_budget_raises_a_clear_error(english: G2P) -> None:
+    import time
+
+    with pytest.raises(g2p_module.G2PTooSlow, match="too long"):
+        english.phonemize("Some words. " * 100, deadline=time.perf_counter() - 1)
+    assert english.phonemize("Some words.", deadline=time.perf_counter() + 60)
+
+
+def test_chunks_cut_at_sentence_ends_and_rejoin_to_the_text() -> None:
+    text = "One sentence here. " * 60
+    chunks = g2p_bounds.chunks(text, 400)
+    assert "".join(chunks) == text and all(len(c) <= 400 for c in chunks)
+    assert all(c.endswith(". ") for c in chunks[:-1])

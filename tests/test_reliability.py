@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -14,7 +15,7 @@ from typing import Any
 import orjson
 import pytest
 from websockets.asyncio.client import connect
-from websockets.exceptions import InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from gateway.engines.base import SynthesisItem
 from gateway.engines.fake import FakeEngine
@@ -128,7 +129,8 @@ async def test_a_client_that_reconnects_with_its_session_id_gets_missed_frames_a
     async with run_server(FAST) as gw:
         url = f"ws://127.0.0.1:{gw.port}/v1/stream"
         ws = await connect(url)
-        session_id = orjson.loads(await ws.recv())["session_id"]
+        created = orjson.loads(await ws.recv())
+        session_id, token = created["session_id"], created["resume_token"]
         await ws.send(msg(type="text", context_id="c", text="A first sentence to hear. And a second one."))
         await ws.send(msg(type="flush", context_id="c", final=True))
         seqs = []
@@ -141,7 +143,7 @@ async def test_a_client_that_reconnects_with_its_session_id_gets_missed_frames_a
         ws.transport.abort()  # a lost connection, not a clean close (which ends the session)
         await asyncio.sleep(0.3)
         seen = seqs[len(seqs) // 2]  # pretend the tail was lost in transit
-        async with connect(f"{url}?session_id={session_id}&last_seq={seen}") as again:
+        async with connect(f"{url}?session_id={session_id}&resume_token={token}&last_seq={seen}") as again:
             resumed = orjson.loads(await again.recv())
             assert resumed == {"type": "session.resumed", "session_id": session_id, "replayed": len(seqs) - len(seqs) // 2 - 1}
             replayed = [decode_audio_frame(await again.recv())[0].seq for _ in range(resumed["replayed"])]
@@ -211,3 +213,155 @@ async def test_a_clean_close_ends_the_session_without_waiting_for_a_resume() -> 
             session_id = orjson.loads(await ws.recv())["session_id"]
         await asyncio.sleep(0.2)
         assert session_id not in gw._runtimes
+
+
+async def test_the_session_id_alone_does_not_resume_a_session() -> None:
+    async with run_server(dict(FAST, **{"server.auth_token": "s3cret"})) as gw:
+        url = f"ws://127.0.0.1:{gw.port}/v1/stream"
+        victim = await connect(url + "?token=s3cret")
+        created = orjson.loads(await victim.recv())
+        session_id, token = created["session_id"], created["resume_token"]
+        assert len(token) >= 40 and token not in session_id
+        victim.transport.abort()
+        await asyncio.sleep(0.3)
+        bearer = {"Authorization": "Bearer s3cret"}
+        # Knowing the session id (it travels in URLs) is not enough, nor is a wrong token.
+        for query in (f"session_id={session_id}&last_seq=-1", f"session_id={session_id}&resume_token=x{token}&last_seq=-1"):
+            async with connect(f"{url}?{query}", additional_headers=bearer) as thief:
+                assert orjson.loads(await thief.recv())["code"] == "resume_failed"
+                assert orjson.loads(await thief.recv())["session_id"] != session_id
+        async with connect(f"{url}?session_id={session_id}&resume_token={token}&last_seq=-1", additional_headers=bearer) as back:
+            assert orjson.loads(await back.recv())["type"] == "session.resumed"
+
+
+async def test_detached_sessions_count_toward_max_sessions() -> None:
+    async with run_server(dict(FAST, **{"server.max_sessions": 2})) as gw:
+        url = f"ws://127.0.0.1:{gw.port}/v1/stream"
+        for _ in range(2):
+            ws = await connect(url)
+            await ws.recv()
+            ws.transport.abort()  # detached, waiting for a resume
+        await asyncio.sleep(0.3)
+        async with connect(url) as third:
+            assert orjson.loads(await third.recv())["code"] == "busy"
+
+
+async def _first_error_after_speaking(ws: Any, context_id: str, text: str) -> dict[str, Any]:
+    await ws.recv()
+    await ws.send(msg(type="text", context_id=context_id, text=text))
+    await ws.send(msg(type="flush", context_id=context_id, final=True))
+    while (event := orjson.loads(await asyncio.wait_for(ws.recv(), 10)))["type"] != "error":
+        pass
+    return event
+
+
+class _MiscountingEngine(FakeEngine):
+    """Returns one result too few once: ``Scheduler.complete`` raises on that batch."""
+
+    broken = True
+
+    def synthesize(self, items: Any) -> Any:
+        results = list(super().synthesize(items))
+        if self.broken:
+            self.broken = False
+            return results[:-1]
+        return results
+
+
+async def test_a_failure_while_delivering_a_batch_fails_its_contexts_and_the_scheduler_goes_on() -> None:
+    async with run_server(FAST, engine_factory=_MiscountingEngine) as gw:
+        url = f"ws://127.0.0.1:{gw.port}/v1/stream"
+        async with connect(url) as ws:
+            error = await _first_error_after_speaking(ws, "first", "Hit by the bug.")
+            assert error["code"] == "engine_failed" and error["context_id"] == "first"
+            assert gw.scheduler_alive
+            await ws.send(msg(type="text", context_id="second", text="Heard anyway."))
+            await ws.send(msg(type="flush", context_id="second", final=True))
+            kinds = []
+            while "context.done" not in kinds:
+                raw = await asyncio.wait_for(ws.recv(), 10)
+                kinds.append("frame" if isinstance(raw, bytes) else orjson.loads(raw)["type"])
+            assert "frame" in kinds
+        assert (await asyncio.to_thread(http_get, gw.port, "/readyz"))[0] == 200
+        gw._scheduler_task.cancel()
+        await asyncio.sleep(0.05)
+        assert not gw.scheduler_alive and (await asyncio.to_thread(http_get, gw.port, "/readyz"))[0] == 503
+
+
+async def test_stop_speaks_unflushed_text_sends_context_done_then_closes_1012() -> None:
+    async with run_server({"engine.kind": "tiny", "session.max_buffer_ms": 60_000}) as gw:
+        url = f"ws://127.0.0.1:{gw.port}/v1/stream"
+        async with connect(url) as ws:
+            await ws.recv()
+            # A sentence and a half without a final flush: the half waits in the segmenter.
+            await ws.send(msg(type="text", context_id="c", text="First sentence here. And a half"))
+            while not isinstance(await ws.recv(), bytes):
+                pass
+            stopping = asyncio.create_task(gw.stop(grace_s=20))
+            events: list[Any] = []
+            with contextlib.suppress(ConnectionClosed):
+                async for raw in ws:
+                    events.append("frame" if isinstance(raw, bytes) else orjson.loads(raw))
+            await stopping
+        done = [e for e in events if isinstance(e, dict) and e["type"] == "context.done"]
+        assert done and done[0]["context_id"] == "c"
+        assert ws.close_code == 1012
+        # All the text was spoken: the audio covers the unflushed half too (tiny: ~duration per phoneme).
+        assert done[0]["audio_ms"] > 0
+
+
+async def test_a_slow_consumer_is_closed_once_and_the_server_stays_responsive(caplog: Any) -> None:
+    import socket
+
+    overrides = dict(
+        FAST,
+        **{"session.output_high_water_ms": 500, "session.output_low_water_ms": 250, "session.slow_consumer_timeout_s": 0.5},
+    )
+    caplog.set_level("INFO", logger="voxgate")
+    async with run_server(overrides) as gw:
+        url = f"ws://127.0.0.1:{gw.port}/v1/stream"
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", gw.port))
+        hog = await connect(url, sock=sock, max_queue=1)
+        await hog.recv()
+        await hog.send(msg(type="session.update", format="pcm_f32le", sample_rate=48_000))
+        await hog.send(msg(type="text", context_id="hog", text="Lots of audio for a client that never reads. " * 40))
+        await hog.send(msg(type="flush", context_id="hog", final=True))
+        # Before the fix: past the timeout the timer fired on every loop turn (a log line, an error
+        # and a close each time) and the server stopped answering.
+        await asyncio.sleep(3.0)
+        assert (await asyncio.wait_for(asyncio.to_thread(http_get, gw.port, "/healthz"), 10))[0] == 200
+        closes = [r for r in caplog.records if "slow_consumer" in r.getMessage()]
+        assert len(closes) == 1
+        hog.transport.abort()
+        await asyncio.sleep(0.3)
+        assert not gw._runtimes
+
+
+async def test_a_flood_of_binary_frames_gets_a_few_answers_and_a_1008_close(caplog: Any) -> None:
+    caplog.set_level("INFO", logger="voxgate")
+    async with run_server(dict(FAST, **{"session.max_violations": 200})) as gw:
+        url = f"ws://127.0.0.1:{gw.port}/v1/stream"
+        async with connect(url) as ws:
+            await ws.recv()
+            with contextlib.suppress(ConnectionClosed):
+                for _ in range(5_000):
+                    await ws.send(b"x")
+            replies = []
+            with contextlib.suppress(ConnectionClosed):
+                async for raw in ws:
+                    replies.append(orjson.loads(raw)["code"])
+        assert ws.close_code == 1008
+        assert replies[-1] == "too_many_violations" and len(replies) <= 11
+        assert len([r for r in caplog.records if r.name == "voxgate.session"]) <= 15
+
+
+async def test_text_over_its_g2p_budget_fails_that_context_only() -> None:
+    async with run_server(dict(FAST, **{"engine.g2p_budget_s": 1e-9})) as gw:
+        url = f"ws://127.0.0.1:{gw.port}/v1/stream"
+        async with connect(url) as ws:
+            event = await _first_error_after_speaking(ws, "slow", "Any text at all.")
+            assert event["code"] == "text_too_slow" and event["context_id"] == "slow"
+            await ws.send(msg(type="session.update", speed=1.0))
+            assert orjson.loads(await asyncio.wait_for(ws.recv(), 10))["type"] == "session.updated"  # the session goes on

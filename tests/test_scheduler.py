@@ -327,3 +327,19 @@ def test_a_long_piece_starts_before_a_short_one_due_at_the_same_time() -> None:
     s.add(long_piece)
     batch = s.schedule(2.0)
     assert batch is not None and batch.pieces[0].session_key == "a"  # latest start 1.0 < 1.7
+
+
+def test_abort_fails_the_batch_frees_the_engine_and_skips_cancelled_pieces() -> None:
+    s = make_scheduler()
+    for piece in make_pieces("a", "c", [10]) + make_pieces("b", "d", [10]):
+        s.add(piece)
+    batch = s.schedule(0.0)
+    assert batch is not None and s.engine_busy
+    s.cancel_context(("b", "d"))
+    failed = s.abort(batch)
+    assert [p.context_key for p in failed] == [("a", "c")]
+    assert failed[0].status is PieceStatus.FAILED and not s.engine_busy
+    assert s.abort(batch) == failed  # idempotent
+    for piece in make_pieces("a", "e", [10]):
+        s.add(piece)
+    assert s.schedule(0.0) is not None  # the scheduler goes on

@@ -18,9 +18,11 @@ from gateway.session import PieceRequest, Session
 ENGINE = FakeEngine(voices=("v1", "v2"), frames_per_token=2)
 
 
-def make_session(now: float = 0.0, **overrides: Any) -> Session:
+def make_session(now: float = 0.0, resume_token: str = "secret-token", **overrides: Any) -> Session:
     config = dataclasses.replace(SessionConfig(max_messages_per_s=0, max_chars_per_s=0), **overrides)
-    return Session("s1", config=config, segmenter_config=SegmenterConfig(), voices=["v1", "v2"], langs=["en", "ja"], now=now)
+    return Session(
+        "s1", config=config, segmenter_config=SegmenterConfig(), voices=["v1", "v2"], langs=["en", "ja"], now=now, resume_token=resume_token
+    )
 
 
 def send(session: Session, now: float = 0.0, **message: Any) -> None:
@@ -304,7 +306,7 @@ def test_detach_drops_work_and_resume_replays_missed_frames_with_the_same_number
     send(s, type="text", context_id="d", text="Interrupted speech")
     s.detach(1.0)
     assert [c.context_id for c in s.contexts_to_cancel()] == ["d"]
-    replay = s.resume(seqs[1], 2.0)
+    replay = s.resume(seqs[1], 2.0, token="secret-token")
     assert replay is not None
     assert [decode_audio_frame(f)[0].seq for f in replay] == seqs[2:]
     send(s, 2.0, type="text", context_id="e", text="After.")
@@ -321,7 +323,7 @@ def test_resume_beyond_the_replay_buffer_fails() -> None:
     synthesize(s, s.pieces_to_schedule())
     drain(s)
     s.detach(1.0)
-    assert s.resume(0, 2.0) is None
+    assert s.resume(0, 2.0, token="secret-token") is None
 
 
 def test_text_over_the_per_context_limit_is_refused_while_the_context_goes_on() -> None:
@@ -350,3 +352,90 @@ def test_an_idle_session_is_closed_but_not_while_it_has_work() -> None:
     assert s.close_code is None
     s.receive_timeout(260.5)
     assert s.close_code == 1000 and s.close_reason == "idle timeout"
+
+
+def test_a_closed_slow_consumer_has_no_deadline_left_and_is_closed_once() -> None:
+    s = make_session(output_high_water_ms=100, output_low_water_ms=50, slow_consumer_timeout_s=5)
+    send(s, 1.0, type="text", context_id="c", text="Lots of audio for nobody. Really quite a lot of it.")
+    send(s, 1.0, type="flush", context_id="c", final=True)
+    synthesize(s, s.pieces_to_schedule(), now=1.0)
+    s.receive_timeout(6.0)
+    # Before the fix the deadline stayed at 6.0: the server's timer fired on every loop turn, each
+    # time queueing another slow_consumer error and another close.
+    assert s.next_deadline() is None
+    for now in (6.0, 6.1, 7.0):
+        s.receive_timeout(now)
+    assert [m["code"] for m in messages(drain(s, 7.0), "error")] == ["slow_consumer"]
+
+
+def test_binary_frames_are_rate_limited_and_a_flood_is_answered_a_few_times_then_closed() -> None:
+    s = make_session(max_messages_per_s=5, max_violations=50, violation_window_s=10)
+    drain(s)
+    for _ in range(200):
+        s.receive_binary(0.0)
+        if s.close_code is not None:
+            break
+    errors = messages(drain(s), "error")
+    # 10 answers, then silence, then one closing error: not one reply per message.
+    assert len(errors) == 11
+    assert errors[-1]["code"] == "too_many_violations" and s.close_code == 1008
+    assert {e["code"] for e in errors[:-1]} <= {"binary_not_allowed", "rate_limited"}
+
+
+def test_violations_spread_over_windows_do_not_close_the_session() -> None:
+    s = make_session(max_violations=5, violation_window_s=1)
+    for second in range(20):
+        for _ in range(3):
+            send(s, float(second), type="bogus")
+    assert s.close_code is None
+
+
+def test_control_messages_count_toward_the_outbox_bound() -> None:
+    s = make_session(max_queued_messages=16, max_violations=0)
+    for i in range(100):
+        send(s, float(i), type="cancel", context_id=f"none{i}")  # each answers one "cancelled"
+    out = drain(s)
+    assert len(out) == 17 and s.close_code == 1008
+    assert out[-1]["code"] == "outbox_full"
+
+
+def test_replay_and_outbox_are_bounded_in_bytes_whatever_the_client_asks_for() -> None:
+    s = make_session(replay_buffer_frames=500, replay_buffer_bytes=20_000, output_high_water_bytes=30_000)
+    send(s, type="session.update", format="pcm_f32le", sample_rate=48_000, frame_ms=1000)
+    send(s, type="text", context_id="c", text="Enough audio for several big frames, and then some more of it.")
+    send(s, type="flush", context_id="c", final=True)
+    synthesize(s, s.pieces_to_schedule())
+    assert s.paused  # by bytes: the audio is far below output_high_water_ms
+    drain(s)
+    assert s._replay.num_bytes <= 20_000 or len(s._replay) == 1
+
+
+def test_resume_needs_the_sessions_resume_token() -> None:
+    s = make_session(resume_grace_s=30)
+    assert drain(s)[0]["resume_token"] == "secret-token"
+    s.detach(1.0)
+    assert s.resume(-1, 2.0, token="wrong") is None
+    assert s.resume(-1, 2.0, token="") is None
+    assert s.resume(-1, 2.0, token="secret-token") == []
+
+
+def test_a_session_without_a_resume_token_cannot_be_resumed() -> None:
+    s = make_session(resume_token="", resume_grace_s=30)
+    assert "resume_token" not in drain(s)[0]
+    s.detach(1.0)
+    assert s.resume(-1, 2.0, token="") is None
+
+
+def test_drain_finishes_open_contexts_and_refuses_new_text() -> None:
+    s = make_session()
+    drain(s)
+    send(s, type="text", context_id="c", text="Half a sentence without its end")
+    assert not s.pieces_to_schedule()  # waiting for more text
+    s.drain(1.0)
+    requests = s.pieces_to_schedule()
+    assert [r.text for r in requests] == ["Half a sentence without its end"]
+    send(s, 1.0, type="text", context_id="d", text="New text.")
+    synthesize(s, requests, now=1.0)
+    out = drain(s, 1.0)
+    assert [m["context_id"] for m in messages(out, "context.done")] == ["c"]
+    assert messages(out, "error")[0]["code"] == "shutting_down"

@@ -16,14 +16,18 @@ BENCHMARKS: dict[str, str] = {
     "codecs": "gateway.bench.codecs",
     "ray-hop": "gateway.bench.ray_mode",
     "npc": "gateway.bench.npc",
+    "attack": "gateway.bench.attack",
 }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    usage = f"usage: voxgate bench {{{','.join(BENCHMARKS)}}} [options]  (--help after the name for options)"
+    if argv[:1] in (["-h"], ["--help"]):
+        print(usage)
+        return 0
     if not argv or argv[0] not in BENCHMARKS:
-        names = ",".join(BENCHMARKS)
-        print(f"usage: voxgate bench {{{names}}} [options]  (--help after the name for options)", file=sys.stderr)
+        print(usage, file=sys.stderr)
         return 2
     module = importlib.import_module(BENCHMARKS[argv[0]])
     return int(module.main(argv[1:]))

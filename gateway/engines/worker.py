@@ -7,9 +7,14 @@ model, tokenizer or spaCy pipeline is ever touched by two threads. Callers get
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import logging
-from collections.abc import Callable, Sequence
+import threading
+import time
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 from gateway.engines.base import Engine, EngineError, SynthesisItem, SynthesisResult
 from gateway.engines.facts import EngineFacts
@@ -143,12 +148,26 @@ def _client_message(exc: BaseException) -> str:
 
 
 class G2PWorker:
-    """Text to phonemes on one dedicated thread; one G2P instance per language, never shared."""
+    """Text to phonemes on one dedicated thread, fair across sessions; one G2P instance per language,
+    never shared.
 
-    def __init__(self, factory: Callable[[str], object]) -> None:
+    Jobs are queued per ``owner`` (a session) and served round-robin, one job per owner per turn: a
+    session with much or slow text delays another by at most one job, not by its whole queue.
+    ``cancel(tag)`` drops the queued jobs of a context and ``cancel_owner(owner)`` those of a session,
+    so that cancelled or orphaned text is never phonemized (their futures end cancelled). A job whose
+    G2P runs past ``budget_s`` fails with ``G2PTooSlow`` (checked between bounded chunks of its text).
+    """
+
+    def __init__(self, factory: Callable[[str], object], *, budget_s: float = 0.0) -> None:
         self._factory = factory
-        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="voxgate-g2p")
+        self.budget_s = budget_s
         self._g2p: dict[str, object] = {}
+        #: owner -> its jobs in order; dict order is the round-robin order (served owners move last).
+        self._queues: dict[Hashable, collections.deque[_G2PJob]] = {}
+        self._cond = threading.Condition()
+        self._stopped = False
+        self._thread = threading.Thread(target=self._run, name="voxgate-g2p", daemon=True)
+        self._thread.start()
 
     def preload(self, langs: Sequence[str]) -> concurrent.futures.Future[None]:
         """Load these languages now, so the first request does not pay for spaCy and friends."""
@@ -160,10 +179,80 @@ class G2PWorker:
                 if loader is not None:
                     loader()
 
-        return self._executor.submit(load)
+        return self._put(load, owner=None, tag=None)
 
-    def submit(self, text: str, lang: str) -> concurrent.futures.Future[list]:
-        return self._executor.submit(lambda: self._get(lang).phonemize(text))  # type: ignore[attr-defined]
+    def submit(self, text: str, lang: str, *, owner: Hashable = None, tag: Hashable = None) -> concurrent.futures.Future[list]:
+        """Phonemize ``text``; ``owner`` (a session) is the unit of fairness, ``tag`` (a context) the
+        unit of cancellation."""
+
+        def phonemize() -> list:
+            deadline = time.perf_counter() + self.budget_s if self.budget_s > 0 else None
+            return self._get(lang).phonemize(text, deadline=deadline)  # type: ignore[attr-defined]
+
+        return self._put(phonemize, owner=owner, tag=tag)
+
+    def cancel(self, tag: Hashable) -> int:
+        """Drop the queued jobs of ``tag``; returns how many. A running job finishes (its result is
+        ignored by the caller)."""
+        return self._drop(lambda job: job.tag == tag)
+
+    def cancel_owner(self, owner: Hashable) -> int:
+        with self._cond:
+            queue = self._queues.pop(owner, None)
+        for job in queue or ():
+            job.future.cancel()
+        return len(queue or ())
+
+    @property
+    def num_queued(self) -> int:
+        with self._cond:
+            return sum(len(q) for q in self._queues.values())
+
+    def _put(self, fn: Callable[[], Any], *, owner: Hashable, tag: Hashable) -> concurrent.futures.Future[Any]:
+        job = _G2PJob(fn=fn, tag=tag, future=concurrent.futures.Future())
+        with self._cond:
+            if self._stopped:
+                job.future.cancel()
+                return job.future
+            self._queues.setdefault(owner, collections.deque()).append(job)
+            self._cond.notify()
+        return job.future
+
+    def _drop(self, match: Callable[[_G2PJob], bool]) -> int:
+        dropped: list[_G2PJob] = []
+        with self._cond:
+            for owner, queue in list(self._queues.items()):
+                kept = collections.deque(job for job in queue if not match(job))
+                dropped += [job for job in queue if match(job)]
+                if kept:
+                    self._queues[owner] = kept
+                else:
+                    del self._queues[owner]
+        for job in dropped:
+            job.future.cancel()
+        return len(dropped)
+
+    def _next_job(self) -> _G2PJob | None:
+        with self._cond:
+            while not self._queues and not self._stopped:
+                self._cond.wait()
+            if self._stopped:
+                return None
+            owner = next(iter(self._queues))
+            queue = self._queues.pop(owner)
+            job = queue.popleft()
+            if queue:
+                self._queues[owner] = queue  # back of the line: the others go first
+            return job
+
+    def _run(self) -> None:
+        while (job := self._next_job()) is not None:
+            if not job.future.set_running_or_notify_cancel():
+                continue
+            try:
+                job.future.set_result(job.fn())
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller through the future
+                job.future.set_exception(exc)
 
     def _get(self, lang: str) -> object:
         g2p = self._g2p.get(lang)
@@ -172,4 +261,18 @@ class G2PWorker:
         return g2p
 
     def stop(self) -> None:
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        """Cancel what is queued and end the thread (a running job finishes on its own)."""
+        with self._cond:
+            self._stopped = True
+            queues, self._queues = self._queues, {}
+            self._cond.notify_all()
+        for queue in queues.values():
+            for job in queue:
+                job.future.cancel()
+
+
+@dataclass(eq=False)
+class _G2PJob:
+    fn: Callable[[], Any]
+    tag: Hashable
+    future: concurrent.futures.Future[Any]

@@ -42,10 +42,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 from gateway.engines.base import MAX_PHONEMES
+from gateway.text.g2p_bounds import CHUNK_CHARS, G2PTooSlow, bound_words, check_deadline, chunks
 from gateway.text.mixed import ScriptRouter
 
 __all__ = [
     "G2P",
+    "G2PTooSlow",
     "LANGUAGES",
     "Backend",
     "PhonemePiece",
@@ -259,19 +261,27 @@ class G2P:
             self.load_seconds,
         )
 
-    def phonemize(self, text: str) -> list[PhonemePiece]:
+    def phonemize(self, text: str, *, deadline: float | None = None) -> list[PhonemePiece]:
         """Phonemes for ``text``, in pieces of at most ``max_phonemes`` vocabulary characters.
 
         Returns an empty list when nothing in ``text`` can be spoken. Loads the backend on first
-        use. Must be called from the thread that owns this instance.
+        use. Must be called from the thread that owns this instance. Cost is linear in the text
+        (``gateway.text.g2p_bounds``); past ``deadline`` (a ``time.perf_counter()`` value, checked
+        between chunks) raises ``G2PTooSlow``.
         """
         if self._tokenize is None:
             self.load()
         assert self._tokenize is not None
-        text = _clean_markup(_strip_pictographs(text))
+        text = bound_words(_clean_markup(_strip_pictographs(text)))
         if not text.strip():
             return []
-        tokens = [self._filter(tok) for tok in self._scripts.tokenize(text)]
+        tokens: list[_Token] = []
+        for chunk in chunks(text, CHUNK_CHARS):
+            check_deadline(deadline)
+            if tokens and not tokens[-1].space:
+                tokens[-1].space, tokens[-1].whitespace = True, tokens[-1].whitespace or " "
+            tokens += [self._filter(tok) for tok in self._scripts.tokenize(chunk)]
+        check_deadline(deadline)
         return _split(tokens, self.max_phonemes)
 
     def _filter(self, tok: _Token) -> _Token:
