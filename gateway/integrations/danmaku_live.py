@@ -42,7 +42,14 @@ from websockets.exceptions import ConnectionClosed
 
 from gateway.audio import encode_samples
 from gateway.config import REPO_ROOT, DanmakuConfig
-from gateway.http import HttpRequest, HttpResponse, make_front_door, static_file_response
+from gateway.http import (
+    FrontDoor,
+    FrontDoorLimits,
+    HttpRequest,
+    HttpResponse,
+    static_file_response,
+)
+from gateway.http11 import ExchangeLimits
 from gateway.integrations.danmaku import (
     Admission,
     AudioSink,
@@ -259,6 +266,7 @@ class LiveDanmaku:
         self.web_root = web_root
         self.port: int | None = None
         self._server: Server | None = None
+        self._front_door: FrontDoor | None = None
         self._runner: asyncio.Task[None] | None = None
         self._ids = itertools.count(1)
 
@@ -268,11 +276,16 @@ class LiveDanmaku:
         self._runner = asyncio.get_running_loop().create_task(self.responder.run(), name="danmaku-responder")
         if self.listen:
             cfg = self.config
+            # The same front door as the gateway's (h11, head/body/write deadlines, connection caps):
+            # this port faces chat bots and an OBS page, but anything on the machine can reach it.
+            self._front_door = FrontDoor(
+                self._handle_http, FrontDoorLimits(exchange=ExchangeLimits(max_body_bytes=cfg.max_post_bytes))
+            )
             self._server = await serve(
                 self._handle_ws,
                 cfg.listen_host,
                 cfg.listen_port,
-                create_connection=make_front_door(self._handle_http, max_body_bytes=cfg.max_post_bytes),
+                create_connection=self._front_door.connection_class,
                 max_size=cfg.max_post_bytes,
                 logger=logging.getLogger("voxgate.websockets"),
             )
@@ -288,6 +301,8 @@ class LiveDanmaku:
         await self.responder.drain()
 
     async def stop(self) -> None:
+        if self._front_door is not None:
+            self._front_door.close()
         if self._server is not None:
             self._server.close()
             with contextlib.suppress(Exception):
