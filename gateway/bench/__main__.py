@@ -8,13 +8,17 @@ from collections.abc import Sequence
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] not in ("engine", "load", "soak"):
-        print("usage: voxgate bench {engine,load,soak} [options]  (--help after the name for options)", file=sys.stderr)
+    if not argv or argv[0] not in ("engine", "load", "soak", "gpu-check"):
+        print("usage: voxgate bench {engine,load,soak,gpu-check} [options]  (--help after the name for options)", file=sys.stderr)
         return 2
     if argv[0] == "soak":
         from gateway.bench.soak import main as soak_main
 
         return soak_main(argv[1:])
+    if argv[0] == "gpu-check":
+        from gateway.bench.gpucheck import main as gpucheck_main
+
+        return gpucheck_main(argv[1:])
     if argv[0] == "engine":
         from gateway.bench.engine import main as engine_main
 
