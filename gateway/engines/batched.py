@@ -203,12 +203,14 @@ def _sines(sine: nn.Module, f0: torch.Tensor, halves: _Span) -> torch.Tensor:
     step = torch.diff(cycles, dim=2, append=cycles[:, :, -1:])  # 0 at the edge: the clamp
     start = (cycles - torch.floor(cycles)).float()  # wrapped per frame
     # Linear upsampling by `up` (align_corners=False, as F.interpolate): sample j sits at frame
-    # position max(0, (j + 0.5) / up - 0.5) between frames floor(.) and floor(.) + 1.
-    position = ((torch.arange(width * up, dtype=torch.float64, device=device) + 0.5) / up - 0.5).clamp(min=0)
-    frame = torch.floor(position)
-    weight = (position - frame).float()
-    frame = frame.long()
-    phase = torch.index_select(start, 2, frame) + weight * torch.index_select(step.float(), 2, frame)
+    # position max(0, (j + 0.5) / up - 0.5). Samples [up * i + up / 2, up * (i + 1) + up / 2) lie
+    # between frames i and i + 1 at weights (k + 0.5) / up: a broadcast over (frame, k), shifted by
+    # half a frame; the first half frame clamps to frame 0.
+    assert up % 2 == 0, "SineGen's upsample scale is even for Kokoro (300)"
+    weight = (torch.arange(up, dtype=torch.float64, device=device) + 0.5).div(up).float()
+    blocks = torch.addcmul(start.unsqueeze(-1), step.float().unsqueeze(-1), weight)  # (B, dim, H, up)
+    half = up // 2
+    phase = torch.cat([start[:, :, :1].expand(-1, -1, half), blocks.flatten(2)[:, :, : width * up - half]], dim=2)
     return torch.sin((2 * torch.pi) * torch.frac(phase)) * sine.sine_amp
 
 
@@ -243,12 +245,22 @@ def _harmonic_source(gen: nn.Module, f0: torch.Tensor, halves: _Span, noise: Sou
     sines = _sines(sine, f0, halves)  # (B, dim, samples)
     uv = sine._f02uv(f0)  # (B, 1, H)
     noise_amp = uv * sine.noise_std + (1 - uv) * sine.sine_amp / 3
-    of_frame = torch.div(torch.arange(width * up, device=device), up, rounding_mode="floor")
-    uv, noise_amp = torch.index_select(torch.cat([uv, noise_amp], dim=1), 2, of_frame).chunk(2, dim=1)
+    # Nearest upsampling (nn.Upsample): sample j takes frame j // up.
+    uv, noise_amp = torch.cat([uv, noise_amp], dim=1).unsqueeze(-1).expand(-1, -1, -1, up).flatten(2).chunk(2, dim=1)
     samples = _Span([n * up for n in halves.lengths], device)
-    draws = noise.standard_normal(samples.lengths, samples.width, sine.dim, device)
-    sine_waves = sines * uv + noise_amp * draws
-    har_source = source.l_tanh(source.l_linear(sine_waves.transpose(1, 2))).squeeze(-1)  # (B, samples)
+    linear = source.l_linear
+    if noise.per_harmonic:
+        # SineGen's own arithmetic: a draw per harmonic, merged with the sines by l_linear.
+        draws = noise.standard_normal(samples.lengths, samples.width, sine.dim, device)
+        merged = linear((sines * uv + noise_amp * draws).transpose(1, 2)).squeeze(-1)
+    else:
+        # l_linear is linear: the noise part of its output is noise_amp * (w . draws), and w . draws
+        # of iid standard normals is one normal of standard deviation |w|. Same distribution, a
+        # ninth of the draws.
+        draws = noise.standard_normal(samples.lengths, samples.width, 1, device)
+        merged = linear((sines * uv).transpose(1, 2)).squeeze(-1)
+        merged = torch.addcmul(merged, noise_amp.squeeze(1), draws.squeeze(1), value=float(linear.weight.norm()))
+    har_source = source.l_tanh(merged)  # (B, samples)
     # center=True reflection padding, at each item's own ends: one gather, then a plain STFT.
     pad = gen.stft.filter_length // 2
     t = (torch.arange(-pad, samples.width + pad, device=device)).abs().expand(batch, -1)
@@ -299,7 +311,7 @@ def _istft(gen: nn.Module, x: torch.Tensor, span: _Span) -> tuple[torch.Tensor, 
     window = stft.window.to(x.device)
     spec = _zero_pad(torch.exp(x[:, :n_bins, :]), span)  # padding frames add nothing
     phase = torch.sin(x[:, n_bins:, :])
-    frames = torch.fft.irfft((spec * torch.exp(phase * 1j)).transpose(1, 2), n=n_fft, dim=-1)
+    frames = torch.fft.irfft(torch.polar(spec, phase).transpose(1, 2), n=n_fft, dim=-1)
     batch, width = x.shape[0], span.width
     full = (width - 1) * hop + n_fft
     y = torch.ops.aten.unfold_backward(frames * window, [batch, full], 1, n_fft, hop)

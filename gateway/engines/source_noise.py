@@ -41,6 +41,11 @@ _MIX2 = _signed(0x94D049BB133111EB)
 class SourceNoise(abc.ABC):
     """Standard normal draws for each item of a batch, shaped like the harmonic source."""
 
+    #: True: one draw per harmonic and sample, as SineGen draws (the source merges them with its
+    #: linear layer). False: the source asks for one draw per sample and scales it (same
+    #: distribution of the merged noise, a ninth of the work).
+    per_harmonic: bool = True
+
     @abc.abstractmethod
     def __len__(self) -> int:
         """The number of items this source draws for."""
@@ -67,6 +72,8 @@ def _splitmix64(x: torch.Tensor) -> torch.Tensor:
 
 class HashNoise(SourceNoise):
     """Counter-based Gaussian noise: draw ``(h, t)`` of item b is ``f(seeds[b], h, t)``."""
+
+    per_harmonic = False
 
     def __init__(self, seeds: Sequence[int]) -> None:
         self.seeds = [_signed(int(seed)) for seed in seeds]
