@@ -65,7 +65,7 @@ def make_item(num_phonemes: int, *, index: int, voices: dict[str, torch.Tensor],
     return {"ids": ids, "ref_s": voices[voice][num_phonemes - 1], "speed": speed, "seed": 7 + index}
 
 
-def run(model: torch.nn.Module, items: list[dict], *, noise: str = "generator") -> list[B.BatchedOutput]:
+def run(model: torch.nn.Module, items: list[dict], *, noise: str = "generator", **kwargs) -> list[B.BatchedOutput]:
     """``noise="generator"``: kokoro's own draws per item; ``"hash"``: the engine's batched noise."""
     seeds = [item["seed"] for item in items]
     return batched_forward(
@@ -74,6 +74,7 @@ def run(model: torch.nn.Module, items: list[dict], *, noise: str = "generator") 
         torch.cat([item["ref_s"] for item in items]),
         [item["speed"] for item in items],
         HashNoise(seeds) if noise == "hash" else [torch.Generator().manual_seed(seed) for seed in seeds],
+        **kwargs,
     ).items()
 
 
@@ -118,6 +119,15 @@ def test_reordering_the_batch_or_changing_its_company_changes_nothing(unvoiced, 
     for order in [(2, 0, 1), (0, 1), (1, 0), (1, 1), (0, 2)]:
         outputs = run(unvoiced, [items[i] for i in order], noise="hash")
         assert_matches_solo(outputs, [solos[i] for i in order])
+
+
+def test_with_prosody_per_item_a_voiced_mixed_batch_matches_solo_in_any_order(voiced, items):
+    """``per_item_prosody=True``: F0 is bit-identical to a solo run, so voiced audio matches too."""
+    solos = [run(voiced, [item], noise="hash")[0] for item in items]
+    assert_matches_solo(run(voiced, items, noise="hash", per_item_prosody=True), solos)
+    reordered = [items[i] for i in (2, 0, 1)]
+    outputs = run(voiced, reordered, noise="hash", per_item_prosody=True)
+    assert_matches_solo(outputs, [solos[i] for i in (2, 0, 1)])
 
 
 def test_voiced_batches_keep_durations_and_stay_close_to_solo(voiced, items):

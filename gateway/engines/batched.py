@@ -1,36 +1,45 @@
-"""An exact batched forward pass over kokoro's own ``KModel`` modules and weights.
+"""A batched forward pass over kokoro's own ``KModel`` modules and weights.
 
 ``KModel.forward_with_tokens`` serves one unpadded sequence: with padding, its instance norms
 average over the neighbours' padding, its convolutions read it, its prosody LSTMs run through it,
 its harmonic source draws from the global RNG and interpolates across items, and its STFTs reflect
 at the batch's edge rather than the item's. ``batched_forward`` runs the same layers with the same
-parameters, fixing each of those places:
+parameters on the whole padded batch, fixing each of those places, in a number of tensor ops that
+does not depend on the number of items (on a GPU each op is a kernel launch):
 
 * tokens are padded; ALBERT gets an attention mask; the prosody LSTMs (``predictor.lstm``,
   ``predictor.shared``) run packed on true lengths (``DurationEncoder`` and ``TextEncoder`` already
   pack when given true lengths, so kokoro's own forwards are called for them);
-* the alignment is a padded gather from each item's own durations (per-item speed);
+* durations are predicted for the batch, and ``_alignment`` (the one place where durations become
+  frames) turns them into a padded frame -> token index (a ``searchsorted`` over cumulative ends);
 * every ``AdaIN1d`` normalises over the item's own frames only, and zeroes its output's padding;
 * padding is zero before every convolution, transposed ones included (a transposed conv reads one
   position past an item's end, as does ``AdainResBlk1d``'s stride-2 pool);
-* the harmonic source, STFT and iSTFT run per item on the item's own length, drawing noise from
-  the item's own ``torch.Generator``;
-* each item's audio is cut to ``sum(durations) * 600`` samples.
+* the harmonic source runs on the padded batch: its interpolation clamps at each item's last frame,
+  its noise is keyed by each item's seed (``source_noise``), its STFT reflects at each item's own
+  ends (one gather, then ``torch.stft(center=False)``); the iSTFT is an overlap-add with each
+  item's own window envelope; items come back padded with their lengths (the caller cuts).
 
-When every item fills the padded width (one item, or an equal-length bucket) the masks vanish and
-the ops are kokoro's own, so batch 1 is kokoro's forward, bit for bit given the same noise.
+When every item fills the padded width (one item, or an equal-length bucket) the masks vanish.
 
 How exact. Everything continuous in the batched pass differs from a solo run by float rounding
-only (~1e-6 relative: padded attention, packed LSTMs and masked sums add in another order). Two
-things are not continuous: the rounding of durations, and the harmonic source, which integrates
-F0 over the whole item, so a 1e-7 difference in F0 becomes a phase drift of ~1e-3 rad after a few
-seconds of voiced speech (measured with the converted Kokoro-82M weights and batched prosody:
-3e-3 to 9e-3 relative waveform difference on 2-8 s items; 4e-6 with the sine source silenced).
-Hence the default: the token-level part and the prosody predictor (ALBERT to F0/N, ~15 % of the
-work) run one item at a time, exactly as at batch 1, so durations and F0 are bit-identical to a
-solo run and only the decoder and generator are batched. ``batched_prosody=True`` batches those
-too, with masks, for more parallel work on a GPU, accepting the drift (which is inaudible: the
-same drift can separate two solo runs on different thread counts).
+only (~1e-6 relative: padded attention, packed LSTMs and masked sums add in another order). Three
+things are not continuous, and were found and handled as follows:
+
+* the rounding of durations: a 1e-6 change flips one only at .5, rarely; tests check equality;
+* frame 0 of the source STFT is even-symmetric (reflection padding, Hann window), so its spectrum
+  is real and ``torch.angle`` of its rounding-noise imaginary parts jumped between +pi and -pi with
+  any 1-ulp change upstream: taken from the real part now (``source_phase``);
+* the oscillator integrates F0 over the item. kokoro sums per-sample frequencies in float32, whose
+  roundings (worth ~1e-2 rad at the 9th harmonic after seconds) diverge chaotically when F0 moves
+  by an ulp; the phase is integrated in float64 here. What remains is not rounding but physics:
+  a systematic relative F0 difference e gives a phase drift of 2 pi h f0 e t, and the batched
+  prosody pass's F0 differs from a solo pass's by e ~ 1e-7..1e-6 (its reductions run over other
+  lengths), so voiced audio differs from a solo run by ~2e-3 relative on 2-8 s items with the
+  converted Kokoro-82M weights (inaudible; below 1e-4 would need bit-identical F0, i.e.
+  batch-invariant reductions in ALBERT, the LSTMs and the norms). ``per_item_prosody=True`` runs
+  ALBERT -> F0/N one item at a time instead, so F0 is bit-identical to a solo run and voiced
+  audio matches it at ~1e-6, at a few hundred tensor ops per item.
 
 This module is not a model: it holds no weights and copies no layer. It depends on the attribute
 layout of kokoro 0.9.4 (``istftnet.py``, ``modules.py``); ``tests/test_batched_forward.py``
@@ -467,6 +476,53 @@ def _alignment_index(durations: torch.Tensor, frames: _Span) -> torch.Tensor:
     return index.clamp(max=durations.shape[1] - 1)
 
 
+def _alignment(durations: torch.Tensor) -> tuple[_Span, torch.Tensor]:
+    """The one place where predicted durations ``(B, T)`` become the alignment: frames and index.
+
+    One host sync (the lengths decide every later shape).
+    """
+    frames = _Span(durations.sum(dim=1).tolist(), durations.device)
+    return frames, _alignment_index(durations, frames)
+
+
+def _durations_and_prosody(
+    model: nn.Module, tokens: _Tokens, s_pred: torch.Tensor, speeds: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, _Span, torch.Tensor, _Span]:
+    """Durations, F0 and N of the whole batch at once: ``(B, T)``, ``(B, H)``, ``(B, H)``, padded."""
+    durations, d = _predict_durations(model, tokens, s_pred, speeds)
+    frames, index = _alignment(durations)
+    en = _expand(d.transpose(-1, -2), index, frames)
+    # F0/N come out at twice the frame rate (the upsampling AdainResBlk1d).
+    halves = _Span([_conv_t_len(model.predictor.F0[1].pool, n) for n in frames.lengths], s_pred.device)
+    f0, n_curve = _prosody(model.predictor, en, s_pred, frames, halves)
+    _check_width(f0, halves, "F0 curve")
+    return durations, f0, n_curve, frames, index, halves
+
+
+def _prosody_per_item(
+    model: nn.Module, tokens: _Tokens, s_pred: torch.Tensor, speeds: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``_durations_and_prosody`` one item at a time, padded into a batch: F0 bit-identical to solo.
+
+    A few hundred ops per item (``per_item_prosody=True``; see the module docstring for why).
+    """
+    batch = len(tokens.span.lengths)
+    durations = torch.zeros(batch, tokens.span.width, dtype=torch.long, device=s_pred.device)
+    curves: list[tuple[torch.Tensor, torch.Tensor]] = []
+    for b, n in enumerate(tokens.span.lengths):
+        one = _pad_tokens([tokens.input_ids[b, :n]], s_pred.device)
+        dur, f0, n_curve, *_ = _durations_and_prosody(model, one, s_pred[b : b + 1], speeds[b : b + 1])
+        durations[b, :n] = dur[0]
+        curves.append((f0[0], n_curve[0]))
+    width = max(f0.shape[0] for f0, _ in curves)
+    f0_pred = s_pred.new_zeros(batch, width)
+    n_pred = s_pred.new_zeros(batch, width)
+    for b, (f0, n_curve) in enumerate(curves):
+        f0_pred[b, : f0.shape[0]] = f0
+        n_pred[b, : n_curve.shape[0]] = n_curve
+    return durations, f0_pred, n_pred
+
+
 class BatchedAudio(NamedTuple):
     """A batch's result, padded: ``audio[b, :num_samples[b]]`` is item b's audio.
 
@@ -494,6 +550,8 @@ def batched_forward(
     ref_s: torch.Tensor,
     speeds: Sequence[float],
     noise: SourceNoise | Sequence[torch.Generator],
+    *,
+    per_item_prosody: bool = False,
 ) -> BatchedAudio:
     """Synthesize a batch; item ``b``'s output depends only on item ``b``'s inputs.
 
@@ -505,6 +563,11 @@ def batched_forward(
     ``torch.Generator`` per item on the model's device (``GeneratorNoise``: kokoro's own draws).
     Returns the padded batch (``BatchedAudio``; ``.items()`` splits it): audio of
     ``durations.sum() * 600`` samples per item. Raises ``ValueError`` on malformed input.
+
+    ``per_item_prosody=False`` (default) runs ALBERT through the prosody predictor on the whole
+    batch: the number of tensor ops does not depend on the number of items. ``True`` runs that
+    part one item at a time, so durations and F0 are bit-identical to a solo run and voiced audio
+    matches it at ~1e-6; it costs a few hundred ops per item (see the module docstring).
     """
     if not isinstance(noise, SourceNoise):
         noise = GeneratorNoise(noise)
@@ -524,16 +587,12 @@ def batched_forward(
     ref_s = ref_s.to(device)
     s_dec, s_pred = ref_s[:, :style_dim], ref_s[:, style_dim:]
     speeds_t = torch.tensor([float(speed) for speed in speeds], dtype=torch.float32, device=device)
-    durations, d = _predict_durations(model, tokens, s_pred, speeds_t)
-    # The one place where predicted durations become the alignment (one host sync: the lengths).
-    frames = _Span(durations.sum(dim=1).tolist(), device)
-    index = _alignment_index(durations, frames)
-
-    en = _expand(d.transpose(-1, -2), index, frames)
-    # F0/N come out at twice the frame rate (the upsampling AdainResBlk1d).
-    halves = _Span([_conv_t_len(model.predictor.F0[1].pool, n) for n in frames.lengths], device)
-    f0_pred, n_pred = _prosody(model.predictor, en, s_pred, frames, halves)
-    _check_width(f0_pred, halves, "F0 curve")
+    if per_item_prosody:
+        durations, f0_pred, n_pred = _prosody_per_item(model, tokens, s_pred, speeds_t)
+        frames, index = _alignment(durations)
+        halves = _Span([_conv_t_len(model.predictor.F0[1].pool, n) for n in frames.lengths], device)
+    else:
+        durations, f0_pred, n_pred, frames, index, halves = _durations_and_prosody(model, tokens, s_pred, speeds_t)
     t_en = model.text_encoder(tokens.input_ids, tokens.lengths_cpu, tokens.text_mask)
     asr = _expand(t_en, index, frames)
     audio, num_samples = _decoder(model.decoder, asr, f0_pred, n_pred, s_dec, frames, halves, noise)

@@ -1,8 +1,9 @@
 """``KokoroEngine``: one Kokoro-82M ``KModel`` and its voice packs behind voxgate's ``Engine``.
 
 The engine maps each item's phonemes to token ids, picks the item's style row from its voice pack,
-seeds the item's own noise generator, and runs the whole batch through ``batched_forward`` (an
-exact batched pass over the model's own modules). Results come back in input order, each
+keys the item's source noise by its seed (``HashNoise``), and runs the whole batch through
+``batched_forward`` (a batched pass over the model's own modules, in a number of tensor ops that
+does not depend on the batch size). Results come back in input order, each
 depending only on its own item.
 
 What it is not: a scheduler (it sorts and buckets nothing), a G2P (phonemes arrive ready), or a
@@ -72,6 +73,8 @@ class KokoroEngine(Engine):
     worker threads. Call every method from the engine thread: ``num_threads`` is applied to that thread.
 
     ``dtype`` other than float32 applies only on CUDA (autocast; unmeasured, so off by default).
+    ``per_item_prosody=True`` runs ALBERT to F0 one item at a time: voiced audio then equals a solo
+    run at ~1e-6 instead of ~2e-3, at a few hundred more tensor ops per item (``batched.py``).
     """
 
     name = "kokoro"
@@ -87,6 +90,7 @@ class KokoroEngine(Engine):
         preferred_batch_size: int | None = None,
         dtype: DType = "float32",
         weights_source: str = "",
+        per_item_prosody: bool = False,
     ) -> None:
         if not voices:
             raise ValueError("at least one voice pack is needed")
@@ -106,6 +110,9 @@ class KokoroEngine(Engine):
         self._preferred: int | None = preferred_batch_size
         self.preferred_batch_size = min(preferred_batch_size or 1, max_batch_size)
         self.weights_source = weights_source
+        # False: the whole batch in ops independent of its size; True: prosody per item, exact
+        # against a solo run (batched.py explains the difference).
+        self.per_item_prosody = per_item_prosody
         self._apply_threads()
         self.model = model.to(self.device).eval()
         self.style_dim = int(self.model.predictor.text_encoder.sty_dim)
@@ -185,7 +192,9 @@ class KokoroEngine(Engine):
         ref_s = self._packs[rows[:, 0], rows[:, 1], 0]
         try:
             with self._autocast():
-                out = batched_forward(self.model, token_ids, ref_s, speeds, HashNoise(seeds))
+                out = batched_forward(
+                    self.model, token_ids, ref_s, speeds, HashNoise(seeds), per_item_prosody=self.per_item_prosody
+                )
         except ValueError as exc:
             raise EngineError(str(exc)) from exc
         # One device-to-host copy for the batch; the per-item cuts are numpy views.
@@ -234,6 +243,7 @@ class KokoroEngine(Engine):
             num_threads=self.num_threads if self.device.type == "cpu" else None,
             weights_source=self.weights_source,
             num_voices=len(self._voices),
+            per_item_prosody=self.per_item_prosody,
         )
         return info
 
