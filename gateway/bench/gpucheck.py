@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import os
+import math
 import random
 import re
 import sys
@@ -85,7 +85,15 @@ def _engine(args: argparse.Namespace, max_batch: int) -> tuple[Any, str]:
         torch.save(W.kmodel_template(), path)
         loaded = W.LoadedWeights(W.kokoro_config(), path, make_tiny_voices(["random"]), "random full-size weights", "path")
         model = W.build_kmodel(loaded)
-    return KokoroEngine(model, loaded.voices, weights_source=loaded.source, **common), loaded.source
+    # At random init every token gets ~25 frames (half of max_dur's sigmoids): 100 s items. Bias
+    # the duration head to ~3.5 frames per token, as the tiny model does, so lengths are realistic.
+    proj = model.predictor.duration_proj.linear_layer
+    p = 3.5 / proj.out_features
+    with torch.no_grad():
+        proj.weight.mul_(0.01)
+        proj.bias.fill_(math.log(p / (1 - p)))
+    source = "random full-size weights (duration head biased to ~3.5 frames per token)"
+    return KokoroEngine(model, loaded.voices, weights_source=source, **common), source
 
 
 def _sync(device: Any) -> None:
