@@ -144,10 +144,11 @@ class EngineConfig:
     tiny_seed: int = 0
     #: For kind = "realtimetts": the RealtimeTTS engine class name (e.g. "SystemEngine").
     realtimetts_engine: str = "SystemEngine"
-    #: Kokoro: run ALBERT -> durations -> F0/N one item at a time (voiced audio equals a solo run
-    #: at ~1e-6, a few hundred tensor ops per item) instead of on the whole batch (ops independent
-    #: of the batch; voiced audio within ~2e-3 of a solo run, from F0 rounding; see batched.py).
-    per_item_prosody: bool = False
+    #: Kokoro's ALBERT -> durations -> F0/N: "batched" runs the whole batch in tensor ops independent
+    #: of its size (voiced audio within ~2e-3 of a solo run, from F0 rounding; see batched.py);
+    #: "per_item" one item at a time (equal to a solo run at ~1e-6, a few hundred ops per item);
+    #: "auto": batched on CUDA (launch-bound), per_item on CPU (which prefers batch 1 anyway).
+    prosody: Literal["auto", "batched", "per_item"] = "auto"
 
 
 @dataclass(frozen=True, slots=True)

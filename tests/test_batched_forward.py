@@ -216,13 +216,16 @@ def test_the_number_of_tensor_ops_does_not_grow_with_the_batch():
     """aten ops of one ``synthesize`` call: mixed lengths at batch 4 and 16 cost the same.
 
     Batch 1 needs no masks (every item fills the width), so it dispatches fewer ops; what stays
-    is that constant. Before this (per-item source, STFTs, cuts and prosody) it was 1,528 / 4,207
+    is that constant. (``prosody="batched"``, the CUDA default; per item, prosody adds a few
+    hundred ops per item: checked too.) Before this (per-item source, STFTs, cuts and prosody) it was 1,528 / 4,207
     / 10,243 ops for 1 / 4 / 16 items.
     """
-    engine = KokoroEngine.tiny(0, voices=["a", "b"], device="cpu", num_threads=1, max_batch_size=16)
+    engine = KokoroEngine.tiny(0, voices=["a", "b"], device="cpu", num_threads=1, max_batch_size=16, prosody="batched")
     one, four, sixteen = (count_synthesize_ops(engine, n) for n in (1, 4, 16))
     assert sixteen == four
     assert one < four < one + 1_600
+    engine.per_item_prosody = True
+    assert count_synthesize_ops(engine, 4) > four + 3 * 100
 
 
 def test_the_generator_gives_each_item_its_own_voiced_source(voiced):

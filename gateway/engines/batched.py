@@ -39,7 +39,8 @@ things are not continuous, and were found and handled as follows:
   converted Kokoro-82M weights (inaudible; below 1e-4 would need bit-identical F0, i.e.
   batch-invariant reductions in ALBERT, the LSTMs and the norms). ``per_item_prosody=True`` runs
   ALBERT -> F0/N one item at a time instead, so F0 is bit-identical to a solo run and voiced
-  audio matches it at ~1e-6, at a few hundred tensor ops per item.
+  audio matches it at ~1e-6, at a few hundred tensor ops per item; ``KokoroEngine`` chooses it
+  on CPU (``engine.prosody = "auto"``) and the whole-batch pass on CUDA.
 
 This module is not a model: it holds no weights and copies no layer. It depends on the attribute
 layout of kokoro 0.9.4 (``istftnet.py``, ``modules.py``); ``tests/test_batched_forward.py``

@@ -73,8 +73,9 @@ class KokoroEngine(Engine):
     worker threads. Call every method from the engine thread: ``num_threads`` is applied to that thread.
 
     ``dtype`` other than float32 applies only on CUDA (autocast; unmeasured, so off by default).
-    ``per_item_prosody=True`` runs ALBERT to F0 one item at a time: voiced audio then equals a solo
-    run at ~1e-6 instead of ~2e-3, at a few hundred more tensor ops per item (``batched.py``).
+    ``prosody="per_item"`` runs ALBERT to F0 one item at a time: voiced audio then equals a solo
+    run at ~1e-6 instead of ~2e-3, at a few hundred more tensor ops per item (``batched.py``);
+    ``"batched"`` keeps the op count independent of the batch; ``"auto"`` is batched on CUDA only.
     """
 
     name = "kokoro"
@@ -90,7 +91,7 @@ class KokoroEngine(Engine):
         preferred_batch_size: int | None = None,
         dtype: DType = "float32",
         weights_source: str = "",
-        per_item_prosody: bool = False,
+        prosody: Literal["auto", "batched", "per_item"] = "auto",
     ) -> None:
         if not voices:
             raise ValueError("at least one voice pack is needed")
@@ -110,9 +111,11 @@ class KokoroEngine(Engine):
         self._preferred: int | None = preferred_batch_size
         self.preferred_batch_size = min(preferred_batch_size or 1, max_batch_size)
         self.weights_source = weights_source
-        # False: the whole batch in ops independent of its size; True: prosody per item, exact
-        # against a solo run (batched.py explains the difference).
-        self.per_item_prosody = per_item_prosody
+        if prosody not in ("auto", "batched", "per_item"):
+            raise ValueError(f"prosody must be auto, batched or per_item, got {prosody!r}")
+        # Batched: the whole batch in ops independent of its size (what a launch-bound GPU needs);
+        # per item: exact against a solo run (batched.py explains the difference).
+        self.per_item_prosody = prosody == "per_item" or (prosody == "auto" and self.device.type != "cuda")
         self._apply_threads()
         self.model = model.to(self.device).eval()
         self.style_dim = int(self.model.predictor.text_encoder.sty_dim)
