@@ -187,6 +187,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"- device: {engine.device} ({name}); torch {torch.__version__}",
         f"- machine: {describe_machine()}",
         f"- weights: {weights}; engine load + warmup {load_s:.1f} s",
+        f"- prosody: {'per item' if engine.per_item_prosody else 'whole batch'} (engine.prosody = auto)",
         "",
         "## Engine sweep (mixed lengths, float32)",
         "",
