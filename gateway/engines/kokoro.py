@@ -2,8 +2,8 @@
 
 The engine maps each item's phonemes to token ids, picks the item's style row from its voice pack,
 keys the item's source noise by its seed (``HashNoise``), and runs the whole batch through
-``batched_forward`` (a batched pass over the model's own modules, in a number of tensor ops that
-does not depend on the batch size). Results come back in input order, each
+``batched_forward`` (a batched pass over the model's own modules; with whole-batch prosody, the
+default on CUDA, in a number of tensor ops that does not depend on the batch size). Results come back in input order, each
 depending only on its own item.
 
 What it is not: a scheduler (it sorts and buckets nothing), a G2P (phonemes arrive ready), or a
