@@ -185,6 +185,11 @@ class EngineConfig:
     #: Pieces per request to a replica: 1 (default) balances and retries piece by piece; more cuts
     #: Ray's per-request cost (benchmarks/README.md, "Ray Serve: the hop per piece").
     ray_pieces_per_request: int = 1
+    #: Kokoro's ALBERT -> durations -> F0/N: "batched" runs the whole batch in tensor ops independent
+    #: of its size (voiced audio within ~2e-3 of a solo run, from F0 rounding; see batched.py);
+    #: "per_item" one item at a time (equal to a solo run at ~1e-6, a few hundred ops per item);
+    #: "auto": batched on CUDA (launch-bound), per_item on CPU (which prefers batch 1 anyway).
+    prosody: Literal["auto", "batched", "per_item"] = "auto"
 
 
 @dataclass(frozen=True, slots=True)

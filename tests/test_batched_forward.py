@@ -1,11 +1,13 @@
 """``batched_forward`` against one-by-one synthesis and against kokoro's own forward (tiny model).
 
 The tiny random-weight Kokoro has the real architecture at toy widths, so every masking decision of
-the batched pass is exercised in seconds. The default mode (prosody per item) must match solo runs
-at 1e-4 with voiced speech. With ``batched_prosody=True`` F0 itself differs from a solo run by
-float rounding, and the harmonic oscillator, which integrates F0 over the whole item, turns that
-into a phase drift whatever the batching code does; that mode is compared on the unvoiced tiny
-model, whose source is noise only.
+the batched pass is exercised in seconds. Batched and solo runs must agree at 1e-4 wherever the
+output is a continuous function of the inputs: on the unvoiced tiny model, whose harmonic source is
+noise only. With voiced F0 the batched prosody predictor's F0 differs from a solo run's by float
+rounding (~1e-7), and Kokoro's source STFT takes ``torch.angle`` of the harmonic source, which jumps
+by 2 pi where a bin crosses the negative real axis: a few such jumps per item make voiced audio
+differ by more (measured, and bounded, below; see ``batched.py``). The voiced oscillator itself is
+checked on identical F0, where it must match.
 """
 
 from __future__ import annotations
@@ -14,7 +16,11 @@ import pytest
 import torch
 
 from gateway.engines import batched as B
+from gateway.engines.base import SynthesisItem
 from gateway.engines.batched import batched_forward
+from gateway.engines.kokoro import KokoroEngine
+from gateway.engines.opcount import count_aten_ops
+from gateway.engines.source_noise import GeneratorNoise, HashNoise
 from gateway.engines.tiny import make_tiny_kmodel, make_tiny_voices
 
 REL_TOL = 1e-4
@@ -59,15 +65,17 @@ def make_item(num_phonemes: int, *, index: int, voices: dict[str, torch.Tensor],
     return {"ids": ids, "ref_s": voices[voice][num_phonemes - 1], "speed": speed, "seed": 7 + index}
 
 
-def run(model: torch.nn.Module, items: list[dict], **kwargs) -> list[B.BatchedOutput]:
+def run(model: torch.nn.Module, items: list[dict], *, noise: str = "generator", **kwargs) -> list[B.BatchedOutput]:
+    """``noise="generator"``: kokoro's own draws per item; ``"hash"``: the engine's batched noise."""
+    seeds = [item["seed"] for item in items]
     return batched_forward(
         model,
         [item["ids"] for item in items],
         torch.cat([item["ref_s"] for item in items]),
         [item["speed"] for item in items],
-        [torch.Generator().manual_seed(item["seed"]) for item in items],
+        HashNoise(seeds) if noise == "hash" else [torch.Generator().manual_seed(seed) for seed in seeds],
         **kwargs,
-    )
+    ).items()
 
 
 @pytest.fixture(scope="module")
@@ -77,24 +85,24 @@ def items(voices) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def mixed(voiced, items) -> tuple[list[dict], list[B.BatchedOutput]]:
-    """The mixed-length items and each one's solo (batch 1) output, voiced model."""
-    return items, [run(voiced, [item])[0] for item in items]
+def mixed(unvoiced, items) -> tuple[list[dict], list[B.BatchedOutput]]:
+    """The mixed-length items and each one's solo (batch 1) output, unvoiced model, engine noise."""
+    return items, [run(unvoiced, [item], noise="hash")[0] for item in items]
 
 
-def assert_matches_solo(outputs: list[B.BatchedOutput], solos: list[B.BatchedOutput]) -> float:
+def assert_matches_solo(outputs: list[B.BatchedOutput], solos: list[B.BatchedOutput], tol: float = REL_TOL) -> float:
     worst = 0.0
     for out, solo in zip(outputs, solos, strict=True):
         assert torch.equal(out.durations, solo.durations)
         assert out.audio.shape == solo.audio.shape
         worst = max(worst, rel_err(out.audio, solo.audio))
-    assert worst < REL_TOL, worst
+    assert worst < tol, worst
     return worst
 
 
-def test_a_mixed_length_batch_matches_each_item_synthesized_alone(voiced, mixed):
+def test_a_mixed_length_batch_matches_each_item_synthesized_alone(unvoiced, mixed):
     items, solos = mixed
-    outputs = run(voiced, items)
+    outputs = run(unvoiced, items, noise="hash")
     assert_matches_solo(outputs, solos)
     for item, out in zip(items, outputs):
         assert len(out.durations) == len(item["ids"])
@@ -104,36 +112,120 @@ def test_a_mixed_length_batch_matches_each_item_synthesized_alone(voiced, mixed)
     assert lengths[0] < lengths[1] < lengths[2] < lengths[3]
 
 
-def test_reordering_the_batch_or_changing_its_company_changes_nothing(voiced, mixed):
+def test_reordering_the_batch_or_changing_its_company_changes_nothing(unvoiced, mixed):
     items, solos = mixed
     # The 180-token item is covered above; the three shorter ones keep this test quick. Orders:
     # a rotation, swapped neighbours both ways, an item beside a copy of itself, another partner.
     for order in [(2, 0, 1), (0, 1), (1, 0), (1, 1), (0, 2)]:
-        outputs = run(voiced, [items[i] for i in order])
+        outputs = run(unvoiced, [items[i] for i in order], noise="hash")
         assert_matches_solo(outputs, [solos[i] for i in order])
 
 
-def test_batched_prosody_matches_solo_where_no_oscillator_integrates_f0(unvoiced, items):
-    """``batched_prosody=True``: the masked LSTMs, norms and convs of the prosody predictor."""
-    solos = [run(unvoiced, [item])[0] for item in items]
-    assert_matches_solo(run(unvoiced, items, batched_prosody=True), solos)
+def test_with_prosody_per_item_a_voiced_mixed_batch_matches_solo_in_any_order(voiced, items):
+    """``per_item_prosody=True``: F0 is bit-identical to a solo run, so voiced audio matches too."""
+    solos = [run(voiced, [item], noise="hash")[0] for item in items]
+    assert_matches_solo(run(voiced, items, noise="hash", per_item_prosody=True), solos)
     reordered = [items[i] for i in (2, 0, 1)]
-    assert_matches_solo(run(unvoiced, reordered, batched_prosody=True), [solos[i] for i in (2, 0, 1)])
+    outputs = run(voiced, reordered, noise="hash", per_item_prosody=True)
+    assert_matches_solo(outputs, [solos[i] for i in (2, 0, 1)])
 
 
-def test_a_batch_of_one_equals_kokoros_forward_with_tokens(voiced, voices):
-    # Same noise, not zero noise: the batched pass draws item b's source noise from its own
+def test_voiced_batches_keep_durations_and_stay_close_to_solo(voiced, items):
+    """Voiced: equal durations; the audio differs only through F0 rounding (module docstring).
+
+    Measured on this model: 3e-4 on the 20-token item, 1.4e-2..2e-2 on the longer ones, from a
+    handful of 2 pi jumps of the source STFT's angle. The bound catches a masking bug (errors of
+    order 1) but is not the 1e-4 of the continuous path.
+    """
+    solos = [run(voiced, [item], noise="hash")[0] for item in items[:3]]
+    assert_matches_solo(run(voiced, items[:3], noise="hash"), solos, tol=0.1)
+
+
+def test_a_batch_of_one_equals_kokoros_forward_with_tokens(unvoiced, voiced, voices, monkeypatch):
+    # kokoro's source STFT, with the one deliberate change of the batched pass: frame 0's angle,
+    # whose sign is rounding noise there, taken from the real part (``B.source_phase``).
+    from kokoro.istftnet import TorchSTFT
+
+    def transform(self, input_data):
+        spec = torch.stft(
+            input_data, self.filter_length, self.hop_length, self.win_length,
+            window=self.window.to(input_data.device), return_complex=True,
+        )
+        return torch.abs(spec), B.source_phase(spec)
+
+    monkeypatch.setattr(TorchSTFT, "transform", transform)
+    # Same noise, not zero noise: GeneratorNoise draws item b's source noise from its own
     # generator with exactly the shapes, memory layout and order in which SineGen draws from the
     # global RNG (initial phases, then additive noise). Seeding the global RNG with the item's seed
-    # therefore makes kokoro's draws identical, and the outputs must agree to the last bit.
+    # therefore makes kokoro's draws identical, and unvoiced outputs agree to the last bit. Voiced,
+    # the oscillator's phase is integrated in float64 here and in float32 by kokoro (see
+    # test_the_oscillator_integrates_its_phase_without_float32_drift): same durations and lengths.
     for index, n in enumerate((3, 40, 150)):
         item = make_item(n, index=index, voices=voices, speed=(1.0, 1.25, 0.9)[index])
-        (out,) = run(voiced, [item])
-        torch.manual_seed(item["seed"])
-        audio, durations = voiced.forward_with_tokens(item["ids"][None], item["ref_s"], item["speed"])
-        assert torch.equal(out.durations, durations)
-        assert out.audio.shape == audio.shape
-        assert rel_err(out.audio, audio) <= 1e-6
+        for model in (unvoiced, voiced):
+            (out,) = run(model, [item])
+            torch.manual_seed(item["seed"])
+            audio, durations = model.forward_with_tokens(item["ids"][None], item["ref_s"], item["speed"])
+            assert torch.equal(out.durations, durations)
+            assert out.audio.shape == audio.shape
+            if model is unvoiced:
+                assert rel_err(out.audio, audio) <= 1e-6
+
+
+def test_the_oscillator_integrates_its_phase_without_float32_drift(voiced):
+    """``_sines`` against kokoro's ``SineGen._f02sine`` run in float64, on 8 s of varying F0.
+
+    kokoro's own float32 run is off by ~1e-2 at the 9th harmonic by the end (its cumulative sum
+    rounds); the float64 integration stays within float32 rounding of the exact phase.
+    """
+    sine = voiced.decoder.generator.m_source.l_sin_gen
+    g = torch.Generator().manual_seed(11)
+    halves = 640
+    f0 = 150 + torch.cumsum(3 * torch.randn(1, halves, generator=g), dim=1)
+    per_sample = torch.repeat_interleave(f0, sine.upsample_scale, dim=1).unsqueeze(-1)
+    harmonics = torch.arange(1, sine.dim + 1, dtype=torch.float32)
+    with torch.inference_mode():
+        mine = B._sines(sine, f0.unsqueeze(1), B._Span([halves], f0.device)).transpose(1, 2)
+        exact = sine._f02sine((per_sample * harmonics).double()) * sine.sine_amp
+        kokoro32 = sine._f02sine(per_sample * harmonics) * sine.sine_amp
+    assert float((mine - exact).abs().max()) < 1e-5
+    assert float((kokoro32 - exact).abs().max()) > 1e-4  # the drift this fixes is real
+
+
+def test_hash_noise_is_standard_normal_and_each_items_own(voiced):
+    noise = HashNoise([3, 4])
+    draws = noise.standard_normal([5000, 700], 5000, 9, torch.device("cpu"))
+    assert abs(float(draws.mean())) < 0.01 and abs(float(draws.std()) - 1) < 0.01
+    alone = HashNoise([4]).standard_normal([700], 700, 9, torch.device("cpu"))
+    assert torch.equal(draws[1, :, :700], alone[0])
+    assert not torch.equal(draws[0, :, :700], alone[0])
+
+
+def count_synthesize_ops(engine: KokoroEngine, num_items: int) -> int:
+    phonemes = "həlˈoʊ wˈɜːld ðɪs ɪz ɐ tˈɛst ʌv ðə ɡˈeɪtweɪ " * 4
+    lengths = (5, 40, 90, 17, 60, 25, 110, 33)
+    items = [
+        SynthesisItem(phonemes[: lengths[i % len(lengths)] + i], ("a", "b")[i % 2], seed=i) for i in range(num_items)
+    ]
+    with count_aten_ops() as counter:
+        engine.synthesize(items)
+    return counter.total
+
+
+def test_the_number_of_tensor_ops_does_not_grow_with_the_batch():
+    """aten ops of one ``synthesize`` call: mixed lengths at batch 4 and 16 cost the same.
+
+    Batch 1 needs no masks (every item fills the width), so it dispatches fewer ops; what stays
+    is that constant. (``prosody="batched"``, the CUDA default; per item, prosody adds a few
+    hundred ops per item: checked too.) Before this (per-item source, STFTs, cuts and prosody) it was 1,528 / 4,207
+    / 10,243 ops for 1 / 4 / 16 items.
+    """
+    engine = KokoroEngine.tiny(0, voices=["a", "b"], device="cpu", num_threads=1, max_batch_size=16, prosody="batched")
+    one, four, sixteen = (count_synthesize_ops(engine, n) for n in (1, 4, 16))
+    assert sixteen == four
+    assert one < four < one + 1_600
+    engine.per_item_prosody = True
+    assert count_synthesize_ops(engine, 4) > four + 3 * 100
 
 
 def test_the_generator_gives_each_item_its_own_voiced_source(voiced):
@@ -147,14 +239,14 @@ def test_the_generator_gives_each_item_its_own_voiced_source(voiced):
     s = torch.randn(3, 128, generator=g)
     span = B._Span(halves, x.device)
     with torch.inference_mode():
-        batched = B._generator(gen, x, s, f0, span, [torch.Generator().manual_seed(b) for b in range(3)])
+        batched, lengths = B._generator(gen, x, s, f0, span, HashNoise([0, 1, 2]))
         for b, n in enumerate(halves):
-            (solo,) = B._generator(
+            solo_audio, _ = B._generator(
                 gen, x[b : b + 1, :, :n], s[b : b + 1], f0[b : b + 1, :n], B._Span([n], x.device),
-                [torch.Generator().manual_seed(b)],
+                HashNoise([b]),
             )
-            assert batched[b].shape == solo.shape == (n * 300,)
-            assert rel_err(batched[b], solo) < 1e-5
+            assert lengths[b] == solo_audio.shape[1] == n * 300
+            assert rel_err(batched[b, :n * 300], solo_audio[0]) < 1e-5
 
 
 def test_the_same_seed_gives_the_same_audio_and_another_seed_different_audio(voiced, voices):
@@ -178,6 +270,8 @@ def test_malformed_input_is_refused(voiced, voices):
     item = make_item(5, index=7, voices=voices)
     with pytest.raises(ValueError):
         batched_forward(voiced, [item["ids"]], item["ref_s"], [1.0, 1.0], [torch.Generator()])
+    with pytest.raises(ValueError):
+        batched_forward(voiced, [item["ids"]], item["ref_s"], [1.0], GeneratorNoise([torch.Generator()] * 2))
     with pytest.raises(ValueError):
         run(voiced, [{**item, "speed": 0.0}])
     voiced.train()

@@ -39,7 +39,11 @@ def test_a_batch_over_the_limits_raises_an_engine_error(engine):
         engine.synthesize([SynthesisItem(HELLO, voice, speed=0.0)])
 
 
-def test_results_come_back_in_input_order_each_as_if_alone(engine):
+@pytest.mark.parametrize(("per_item_prosody", "tolerance"), [(True, 1e-4), (False, 1e-2)])
+def test_results_come_back_in_input_order_each_as_if_alone(engine, monkeypatch, per_item_prosody, tolerance):
+    # Whole-batch prosody (the default) lets voiced audio drift from a solo run by F0's rounding
+    # (batched.py); prosody per item is exact.
+    monkeypatch.setattr(engine, "per_item_prosody", per_item_prosody)
     voices = engine.voices()
     items = [
         SynthesisItem(LONGER, voices[0], speed=1.0, seed=1),
@@ -52,7 +56,7 @@ def test_results_come_back_in_input_order_each_as_if_alone(engine):
         (alone,) = engine.synthesize([item])
         np.testing.assert_array_equal(result.durations, alone.durations)
         err = np.linalg.norm(result.audio - alone.audio) / np.linalg.norm(alone.audio)
-        assert err < 1e-4
+        assert err < tolerance
 
 
 def test_audio_length_is_the_sum_of_durations_times_600(engine):

@@ -17,6 +17,7 @@ BENCHMARKS: dict[str, str] = {
     "ray-hop": "gateway.bench.ray_mode",
     "npc": "gateway.bench.npc",
     "attack": "gateway.bench.attack",
+    "gpu-check": "gateway.bench.gpucheck",
 }
 
 

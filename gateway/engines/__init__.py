@@ -40,6 +40,7 @@ def create_engine(config: EngineConfig) -> Engine:
         max_batch_size=config.max_batch_size,
         preferred_batch_size=config.preferred_batch_size or None,
         dtype=config.dtype,
+        prosody=config.prosody,
     )
     if config.kind == "tiny":
         return KokoroEngine.tiny(seed=config.tiny_seed, **common)

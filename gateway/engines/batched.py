@@ -1,36 +1,46 @@
-"""An exact batched forward pass over kokoro's own ``KModel`` modules and weights.
+"""A batched forward pass over kokoro's own ``KModel`` modules and weights.
 
 ``KModel.forward_with_tokens`` serves one unpadded sequence: with padding, its instance norms
 average over the neighbours' padding, its convolutions read it, its prosody LSTMs run through it,
 its harmonic source draws from the global RNG and interpolates across items, and its STFTs reflect
 at the batch's edge rather than the item's. ``batched_forward`` runs the same layers with the same
-parameters, fixing each of those places:
+parameters on the whole padded batch, fixing each of those places, in a number of tensor ops that
+does not depend on the number of items (on a GPU each op is a kernel launch):
 
 * tokens are padded; ALBERT gets an attention mask; the prosody LSTMs (``predictor.lstm``,
   ``predictor.shared``) run packed on true lengths (``DurationEncoder`` and ``TextEncoder`` already
   pack when given true lengths, so kokoro's own forwards are called for them);
-* the alignment is a padded gather from each item's own durations (per-item speed);
+* durations are predicted for the batch, and ``_alignment`` (the one place where durations become
+  frames) turns them into a padded frame -> token index (a ``searchsorted`` over cumulative ends);
 * every ``AdaIN1d`` normalises over the item's own frames only, and zeroes its output's padding;
 * padding is zero before every convolution, transposed ones included (a transposed conv reads one
   position past an item's end, as does ``AdainResBlk1d``'s stride-2 pool);
-* the harmonic source, STFT and iSTFT run per item on the item's own length, drawing noise from
-  the item's own ``torch.Generator``;
-* each item's audio is cut to ``sum(durations) * 600`` samples.
+* the harmonic source runs on the padded batch: its interpolation clamps at each item's last frame,
+  its noise is keyed by each item's seed (``source_noise``), its STFT reflects at each item's own
+  ends (one gather, then ``torch.stft(center=False)``); the iSTFT is an overlap-add with each
+  item's own window envelope; items come back padded with their lengths (the caller cuts).
 
-When every item fills the padded width (one item, or an equal-length bucket) the masks vanish and
-the ops are kokoro's own, so batch 1 is kokoro's forward, bit for bit given the same noise.
+When every item fills the padded width (one item, or an equal-length bucket) the masks vanish.
 
 How exact. Everything continuous in the batched pass differs from a solo run by float rounding
-only (~1e-6 relative: padded attention, packed LSTMs and masked sums add in another order). Two
-things are not continuous: the rounding of durations, and the harmonic source, which integrates
-F0 over the whole item, so a 1e-7 difference in F0 becomes a phase drift of ~1e-3 rad after a few
-seconds of voiced speech (measured with the converted Kokoro-82M weights and batched prosody:
-3e-3 to 9e-3 relative waveform difference on 2-8 s items; 4e-6 with the sine source silenced).
-Hence the default: the token-level part and the prosody predictor (ALBERT to F0/N, ~15 % of the
-work) run one item at a time, exactly as at batch 1, so durations and F0 are bit-identical to a
-solo run and only the decoder and generator are batched. ``batched_prosody=True`` batches those
-too, with masks, for more parallel work on a GPU, accepting the drift (which is inaudible: the
-same drift can separate two solo runs on different thread counts).
+only (~1e-6 relative: padded attention, packed LSTMs and masked sums add in another order). Three
+things are not continuous, and were found and handled as follows:
+
+* the rounding of durations: a 1e-6 change flips one only at .5, rarely; tests check equality;
+* frame 0 of the source STFT is even-symmetric (reflection padding, Hann window), so its spectrum
+  is real and ``torch.angle`` of its rounding-noise imaginary parts jumped between +pi and -pi with
+  any 1-ulp change upstream: taken from the real part now (``source_phase``);
+* the oscillator integrates F0 over the item. kokoro sums per-sample frequencies in float32, whose
+  roundings (worth ~1e-2 rad at the 9th harmonic after seconds) diverge chaotically when F0 moves
+  by an ulp; the phase is integrated in float64 here. What remains is not rounding but physics:
+  a systematic relative F0 difference e gives a phase drift of 2 pi h f0 e t, and the batched
+  prosody pass's F0 differs from a solo pass's by e ~ 1e-7..1e-6 (its reductions run over other
+  lengths), so voiced audio differs from a solo run by ~2e-3 relative on 2-8 s items with the
+  converted Kokoro-82M weights (inaudible; below 1e-4 would need bit-identical F0, i.e.
+  batch-invariant reductions in ALBERT, the LSTMs and the norms). ``per_item_prosody=True`` runs
+  ALBERT -> F0/N one item at a time instead, so F0 is bit-identical to a solo run and voiced
+  audio matches it at ~1e-6, at a few hundred tensor ops per item; ``KokoroEngine`` chooses it
+  on CPU (``engine.prosody = "auto"``) and the whole-batch pass on CUDA.
 
 This module is not a model: it holds no weights and copies no layer. It depends on the attribute
 layout of kokoro 0.9.4 (``istftnet.py``, ``modules.py``); ``tests/test_batched_forward.py``
@@ -47,7 +57,12 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-__all__ = ["BatchedOutput", "batched_forward"]
+from gateway.engines.source_noise import GeneratorNoise, SourceNoise
+
+__all__ = ["BatchedAudio", "BatchedOutput", "batched_forward", "source_phase"]
+
+# The harmonic source integrates its phase in this dtype (see ``_harmonic_source``).
+_PHASE_DTYPE = torch.float64
 
 
 class BatchedOutput(NamedTuple):
@@ -61,25 +76,35 @@ class _Span:
     """Valid lengths of each item along one padded time axis.
 
     ``mask`` is ``(B, 1, width)`` bool, True on valid positions, or None when every item fills the
-    width: the fast path where kokoro's own ops are exact.
+    width: the fast path where kokoro's own ops are exact. ``lengths_t`` is the lengths as a
+    ``(B,)`` int64 tensor on the device, made on first use.
     """
 
-    __slots__ = ("lengths", "width", "mask", "count")
+    __slots__ = ("lengths", "width", "mask", "pad", "count", "device", "_lengths_t")
 
     def __init__(self, lengths: Sequence[int], device: torch.device) -> None:
         self.lengths = [int(n) for n in lengths]
         self.width = max(self.lengths)
+        self.device = device
         self.mask: torch.Tensor | None = None
+        self.pad: torch.Tensor | None = None  # ~mask, made once: it is used before every conv
         self.count: torch.Tensor | None = None
+        self._lengths_t: torch.Tensor | None = None
         if min(self.lengths) != self.width:
-            lengths_t = torch.tensor(self.lengths, device=device)
-            self.mask = (torch.arange(self.width, device=device)[None, :] < lengths_t[:, None]).unsqueeze(1)
-            self.count = lengths_t.to(torch.float32).view(-1, 1, 1)
+            self.mask = (torch.arange(self.width, device=device)[None, :] < self.lengths_t[:, None]).unsqueeze(1)
+            self.pad = ~self.mask
+            self.count = self.lengths_t.to(torch.float32).view(-1, 1, 1)
+
+    @property
+    def lengths_t(self) -> torch.Tensor:
+        if self._lengths_t is None:
+            self._lengths_t = torch.tensor(self.lengths, device=self.device)
+        return self._lengths_t
 
 
 def _zero_pad(x: torch.Tensor, span: _Span) -> torch.Tensor:
     # masked_fill rather than a multiply: garbage in padding may be inf, and inf * 0 is nan.
-    return x if span.mask is None else x.masked_fill(~span.mask, 0.0)
+    return x if span.mask is None else x.masked_fill(span.pad, 0.0)
 
 
 def _conv_len(conv: nn.Conv1d, n: int) -> int:
@@ -118,9 +143,9 @@ def _adain(layer: nn.Module, x: torch.Tensor, s: torch.Tensor, span: _Span) -> t
         return (1 + gamma) * norm(x) + beta
     # Running statistics would make the norm length-independent, but kokoro never tracks them.
     assert not norm.track_running_stats, "AdaIN1d with running statistics is not supported"
-    mask, count = span.mask, span.count
-    mean = x.masked_fill(~mask, 0.0).sum(dim=-1, keepdim=True) / count
-    centred = (x - mean).masked_fill(~mask, 0.0)
+    pad, count = span.pad, span.count
+    mean = x.masked_fill(pad, 0.0).sum(dim=-1, keepdim=True) / count
+    centred = (x - mean).masked_fill(pad, 0.0)
     var = centred.square().sum(dim=-1, keepdim=True) / count  # biased, as InstanceNorm's
     # Fold normalisation, the norm's affine and the style's gamma/beta into one scale and shift
     # per (item, channel): one pass over the signal instead of four.
@@ -129,7 +154,7 @@ def _adain(layer: nn.Module, x: torch.Tensor, s: torch.Tensor, span: _Span) -> t
     if norm.affine:
         scale = scale * norm.weight[:, None]
         shift = shift + (1 + gamma) * norm.bias[:, None]
-    return torch.addcmul(shift, centred, scale).masked_fill(~mask, 0.0)
+    return torch.addcmul(shift, centred, scale).masked_fill(pad, 0.0)
 
 
 def _snake(x: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
@@ -169,66 +194,160 @@ def _adain_resblock1(block: nn.Module, x: torch.Tensor, s: torch.Tensor, span: _
     return x
 
 
-def _harmonic_source(generator_module: nn.Module, f0: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
-    """One item's harmonic source as an STFT (``(1, n_fft + 2, frames)``), noise from ``rng``.
+def _sines(sine: nn.Module, f0: torch.Tensor, halves: _Span) -> torch.Tensor:
+    """``SineGen._f02sine(f0 * harmonics) * sine_amp`` at sample rate, ``(B, dim, H * up)``.
 
-    ``f0`` is the item's own F0 curve, ``(1, n)``. Same arithmetic as ``SourceModuleHnNSF`` /
-    ``SineGen`` (kokoro 0.9.4), with the same draws in the same order (initial phases, then the
-    additive noise), so with ``rng`` seeded like the global RNG the result is identical. The
-    noise-branch draw, which ``Generator`` discards, is skipped.
+    ``f0`` is ``(B, 1, H)`` at frame rate (zero in padding); the phase is integrated in
+    ``_PHASE_DTYPE`` and wrapped per frame (see ``_harmonic_source``).
     """
-    source = generator_module.m_source
+    device = f0.device
+    up = int(sine.upsample_scale)
+    width = f0.shape[-1]
+    harmonics = torch.arange(1, sine.dim + 1, dtype=torch.float32, device=device).view(1, -1, 1)
+    rad = (f0 * harmonics / sine.sampling_rate) % 1  # cycles per sample, per frame (B, dim, H)
+    cycles = torch.cumsum(rad.to(_PHASE_DTYPE), dim=2) * up  # phase at each frame's centre, in cycles
+    if halves.mask is not None:
+        # Each item's last frame repeated into the padding: the interpolation clamps at its end.
+        last = torch.minimum(torch.arange(width, device=device), halves.lengths_t[:, None] - 1)
+        cycles = torch.gather(cycles, 2, last.unsqueeze(1).expand(-1, sine.dim, -1))
+    step = torch.diff(cycles, dim=2, append=cycles[:, :, -1:])  # 0 at the edge: the clamp
+    start = (cycles - torch.floor(cycles)).float()  # wrapped per frame
+    # Linear upsampling by `up` (align_corners=False, as F.interpolate): sample j sits at frame
+    # position max(0, (j + 0.5) / up - 0.5). Samples [up * i + up / 2, up * (i + 1) + up / 2) lie
+    # between frames i and i + 1 at weights (k + 0.5) / up: a broadcast over (frame, k), shifted by
+    # half a frame; the first half frame clamps to frame 0.
+    assert up % 2 == 0, "SineGen's upsample scale is even for Kokoro (300)"
+    weight = (torch.arange(up, dtype=torch.float64, device=device) + 0.5).div(up).float()
+    blocks = torch.addcmul(start.unsqueeze(-1), step.float().unsqueeze(-1), weight)  # (B, dim, H, up)
+    half = up // 2
+    phase = torch.cat([start[:, :, :1].expand(-1, -1, half), blocks.flatten(2)[:, :, : width * up - half]], dim=2)
+    return torch.sin((2 * torch.pi) * torch.frac(phase)) * sine.sine_amp
+
+
+def _harmonic_source(gen: nn.Module, f0: torch.Tensor, halves: _Span, noise: SourceNoise) -> tuple[torch.Tensor, _Span]:
+    """The harmonic source of a whole batch, as its STFT: ``(B, n_fft + 2, frames)``, padding zero.
+
+    ``f0`` is ``(B, halves.width)``, each item's F0 curve at twice the frame rate. Same arithmetic as
+    ``SourceModuleHnNSF`` / ``SineGen`` (kokoro 0.9.4) on each item's own samples, with two
+    differences, both for exactness:
+
+    * The phase is integrated in float64. ``SineGen`` sums per-sample frequencies (cycles/sample)
+      over an item's frames in float32 and multiplies by 300 * 2 pi: every rounding of that sum is
+      worth ~1e-2 rad at the 9th harmonic after a few seconds, and F0 that differs by one float32
+      ulp rounds differently, so the roundings diverge into a 3e-3..9e-3 waveform drift. In
+      float64 the sum carries F0 through (a 1e-7 relative change of F0 stays ~1e-7 of a phase
+      step). The phase is then wrapped to [0, 1) cycles per frame before it goes back to float32.
+    * ``SineGen``'s frame-rate interpolation of the per-sample frequencies reads samples 149 and
+      150 of each 300-sample frame, where the nearest-upsampled F0 is the frame's own: so it is
+      computed at frame rate (and the initial random phase, added to sample 0 only, never reaches
+      the output; ``GeneratorNoise`` still draws it, to keep kokoro's stream).
+
+    The interpolation back to sample rate clamps at each item's own last frame (the edge frame is
+    repeated into the padding), and the STFT's reflection padding reflects at each item's own end.
+    """
+    source = gen.m_source
     sine = source.l_sin_gen
     assert not sine.flag_for_pulse, "SineGen pulse mode is not used by Kokoro"
     device = f0.device
-    f0 = generator_module.f0_upsamp(f0[:, None]).transpose(1, 2)  # (1, samples, 1)
-    harmonics = torch.arange(1, sine.harmonic_num + 2, dtype=torch.float32, device=device).view(1, 1, -1)
-    rad_values = (f0 * harmonics / sine.sampling_rate) % 1
-    rand_ini = torch.rand(f0.shape[0], sine.dim, device=device, generator=rng)
-    rand_ini[:, 0] = 0
-    rad_values[:, 0, :] = rad_values[:, 0, :] + rand_ini
-    # Phase is integrated at frame rate and interpolated back: per item, so the linear
-    # interpolation at the item's last frame does not lean on the next item's first.
-    rad_values = F.interpolate(
-        rad_values.transpose(1, 2), scale_factor=1 / sine.upsample_scale, mode="linear"
-    ).transpose(1, 2)
-    phase = torch.cumsum(rad_values, dim=1) * 2 * torch.pi
-    phase = F.interpolate(
-        phase.transpose(1, 2) * sine.upsample_scale, scale_factor=sine.upsample_scale, mode="linear"
-    ).transpose(1, 2)
-    sine_waves = torch.sin(phase) * sine.sine_amp
-    uv = sine._f02uv(f0)
+    up = int(sine.upsample_scale)
+    batch, width = f0.shape
+    f0 = _zero_pad(f0.unsqueeze(1), halves)  # (B, 1, H)
+    sines = _sines(sine, f0, halves)  # (B, dim, samples)
+    uv = sine._f02uv(f0)  # (B, 1, H)
     noise_amp = uv * sine.noise_std + (1 - uv) * sine.sine_amp / 3
-    # empty_like keeps sine_waves' (transposed) strides, as randn_like does: normal_ fills memory
-    # in order, so the layout decides which sample gets which draw.
-    noise = noise_amp * torch.empty_like(sine_waves).normal_(generator=rng)
-    sine_waves = sine_waves * uv + noise
-    har_source = source.l_tanh(source.l_linear(sine_waves)).transpose(1, 2).squeeze(1)
-    # center=True reflect padding here sees only this item's samples.
-    har_spec, har_phase = generator_module.stft.transform(har_source)
-    return torch.cat([har_spec, har_phase], dim=1)
+    # Nearest upsampling (nn.Upsample): sample j takes frame j // up.
+    uv, noise_amp = torch.cat([uv, noise_amp], dim=1).unsqueeze(-1).expand(-1, -1, -1, up).flatten(2).chunk(2, dim=1)
+    samples = _Span([n * up for n in halves.lengths], device)
+    linear = source.l_linear
+    if noise.per_harmonic:
+        # SineGen's own arithmetic: a draw per harmonic, merged with the sines by l_linear.
+        draws = noise.standard_normal(samples.lengths, samples.width, sine.dim, device)
+        merged = linear((sines * uv + noise_amp * draws).transpose(1, 2)).squeeze(-1)
+    else:
+        # l_linear is linear: the noise part of its output is noise_amp * (w . draws), and w . draws
+        # of iid standard normals is one normal of standard deviation |w|. Same distribution, a
+        # ninth of the draws.
+        draws = noise.standard_normal(samples.lengths, samples.width, 1, device)
+        merged = linear((sines * uv).transpose(1, 2)).squeeze(-1)
+        merged = torch.addcmul(merged, noise_amp.squeeze(1), draws.squeeze(1), value=float(linear.weight.norm()))
+    har_source = source.l_tanh(merged)  # (B, samples)
+    # center=True reflection padding, at each item's own ends: one gather, then a plain STFT.
+    pad = gen.stft.filter_length // 2
+    t = (torch.arange(-pad, samples.width + pad, device=device)).abs().expand(batch, -1)
+    end = samples.lengths_t[:, None] - 1
+    t = torch.where(t > end, 2 * end - t, t).clamp(0, samples.width - 1)
+    spec = torch.stft(
+        torch.gather(har_source, 1, t),
+        gen.stft.filter_length,
+        gen.stft.hop_length,
+        gen.stft.win_length,
+        window=gen.stft.window.to(device),
+        center=False,
+        return_complex=True,
+    )
+    hop = gen.stft.hop_length
+    frames = _Span([n // hop + 1 for n in samples.lengths], device)
+    _check_width(spec, frames, "harmonic source STFT")
+    return _zero_pad(torch.cat([torch.abs(spec), source_phase(spec)], dim=1), frames), frames
+
+
+def source_phase(spec: torch.Tensor) -> torch.Tensor:
+    """``torch.angle`` of the source's STFT ``(B, bins, frames)``, with frame 0 made deterministic.
+
+    With center=True reflection padding, frame 0 is centred on sample 0 and even-symmetric (the
+    Hann window is too), so its spectrum is real: its imaginary parts are rounding noise, and
+    ``torch.angle`` turns their sign into +pi or -pi where the real part is negative. A 1-ulp
+    change anywhere upstream (another batch shape for ``l_linear``, F0 from a padded prosody pass)
+    flips them: a 2 pi jump in the generator's input, the largest batched-vs-solo difference left.
+    Frame 0's angle is therefore taken from its real part alone: pi where negative, else 0.
+    """
+    phase = torch.angle(spec)
+    phase[:, :, 0] = torch.where(spec.real[:, :, 0] < 0, torch.pi, 0.0)
+    return phase
+
+
+def _istft(gen: nn.Module, x: torch.Tensor, span: _Span) -> tuple[torch.Tensor, list[int]]:
+    """``TorchSTFT.inverse`` of the generator's output, per item on its own frames, in one batch.
+
+    ``torch.istft`` divides by the window envelope of all frames, so a padding frame would change
+    the envelope at an item's last hop; this is the same overlap-add (irfft, window,
+    ``unfold_backward``) with each item's envelope summed over its own frames. Returns audio
+    ``(B, samples)`` with zero padding, and each item's length ``(frames - 1) * hop`` (center=True
+    trims ``n_fft // 2`` at both ends).
+    """
+    stft = gen.stft
+    n_fft, hop = stft.filter_length, stft.hop_length
+    n_bins = gen.post_n_fft // 2 + 1
+    window = stft.window.to(x.device)
+    spec = _zero_pad(torch.exp(x[:, :n_bins, :]), span)  # padding frames add nothing
+    phase = torch.sin(x[:, n_bins:, :])
+    frames = torch.fft.irfft(torch.polar(spec, phase).transpose(1, 2), n=n_fft, dim=-1)
+    batch, width = x.shape[0], span.width
+    full = (width - 1) * hop + n_fft
+    y = torch.ops.aten.unfold_backward(frames * window, [batch, full], 1, n_fft, hop)
+    weights = window.square().expand(batch, width, -1)
+    if span.mask is not None:
+        weights = weights * span.mask.transpose(1, 2)
+    envelope = torch.ops.aten.unfold_backward(weights, [batch, full], 1, n_fft, hop)
+    start = n_fft // 2
+    samples = _Span([(n - 1) * hop for n in span.lengths], x.device)
+    y = y[:, start : start + samples.width]
+    envelope = envelope[:, start : start + samples.width]
+    if samples.mask is None:
+        return y / envelope, samples.lengths
+    pad = samples.pad.squeeze(1)
+    return (y / envelope.masked_fill(pad, 1.0)).masked_fill(pad, 0.0), samples.lengths
 
 
 def _generator(
-    gen: nn.Module,
-    x: torch.Tensor,
-    s: torch.Tensor,
-    f0: torch.Tensor,
-    span: _Span,
-    rngs: Sequence[torch.Generator],
-) -> list[torch.Tensor]:
-    """``Generator.forward`` per item where it must be, batched where it can be; returns audio."""
+    gen: nn.Module, x: torch.Tensor, s: torch.Tensor, f0: torch.Tensor, span: _Span, noise: SourceNoise
+) -> tuple[torch.Tensor, list[int]]:
+    """``Generator.forward`` on the whole batch; returns padded audio ``(B, samples)`` and lengths."""
     device = x.device
-    hop = gen.stft.hop_length
     upsample_scale = gen.m_source.l_sin_gen.upsample_scale
-    # Harmonic source per item, its STFT frames padded into one zero-filled batch.
     with torch.autocast(device_type=device.type, enabled=False):
-        hars = [_harmonic_source(gen, f0[b : b + 1, :n].float(), rngs[b]) for b, n in enumerate(span.lengths)]
-    har_span = _Span([h.shape[-1] for h in hars], device)
-    assert har_span.lengths == [n * upsample_scale // hop + 1 for n in span.lengths]
-    har = hars[0].new_zeros(len(hars), hars[0].shape[1], har_span.width)
-    for b, h in enumerate(hars):
-        har[b, :, : h.shape[-1]] = h
+        har, har_span = _harmonic_source(gen, f0.float(), span, noise)
+    assert har_span.lengths == [n * upsample_scale // gen.stft.hop_length + 1 for n in span.lengths]
 
     for i in range(gen.num_upsamples):
         last = i == gen.num_upsamples - 1
@@ -254,15 +373,8 @@ def _generator(
         x = xs / gen.num_kernels
     x = F.leaky_relu(x)
     x = gen.conv_post(_zero_pad(x, span))
-    n_bins = gen.post_n_fft // 2 + 1
-    audio = []
     with torch.autocast(device_type=device.type, enabled=False):
-        for b, n in enumerate(span.lengths):
-            item = x[b : b + 1, :, :n].float()
-            spec = torch.exp(item[:, :n_bins, :])
-            phase = torch.sin(item[:, n_bins:, :])
-            audio.append(gen.stft.inverse(spec, phase).reshape(-1))
-    return audio
+        return _istft(gen, x.float(), span)
 
 
 def _decoder(
@@ -273,8 +385,8 @@ def _decoder(
     s: torch.Tensor,
     frames: _Span,
     halves: _Span,
-    rngs: Sequence[torch.Generator],
-) -> list[torch.Tensor]:
+    noise: SourceNoise,
+) -> tuple[torch.Tensor, list[int]]:
     """``Decoder.forward`` with masking; ``frames`` is the alignment's axis, ``halves`` F0's."""
     f0 = dec.F0_conv(_zero_pad(f0_curve.unsqueeze(1), halves))
     n = dec.N_conv(_zero_pad(n_curve.unsqueeze(1), halves))
@@ -291,7 +403,7 @@ def _decoder(
         span = out_span
         if block.upsample_type != "none":
             res = False
-    return _generator(dec.generator, x, s, f0_curve, span, rngs)
+    return _generator(dec.generator, x, s, f0_curve, span, noise)
 
 
 def _prosody(
@@ -327,30 +439,19 @@ class _Tokens(NamedTuple):
     lengths_cpu: torch.Tensor
 
 
-def _pad_tokens(token_ids: Sequence[torch.Tensor], device: torch.device) -> _Tokens:
-    span = _Span([int(ids.shape[-1]) for ids in token_ids], device)
-    input_ids = torch.zeros(len(token_ids), span.width, dtype=torch.long, device=device)
-    text_mask = torch.ones(len(token_ids), span.width, dtype=torch.bool, device=device)
-    for b, (ids, n) in enumerate(zip(token_ids, span.lengths)):
-        input_ids[b, :n] = ids.to(device)
-        text_mask[b, :n] = False
+def _pad_tokens(token_ids: Sequence[torch.Tensor | Sequence[int]], device: torch.device) -> _Tokens:
+    rows = [ids.tolist() if isinstance(ids, torch.Tensor) else [int(i) for i in ids] for ids in token_ids]
+    span = _Span([len(row) for row in rows], device)
+    # One host-to-device copy for the whole batch.
+    input_ids = torch.tensor([row + [0] * (span.width - len(row)) for row in rows], dtype=torch.long, device=device)
+    text_mask = torch.zeros_like(input_ids, dtype=torch.bool) if span.mask is None else span.pad.squeeze(1)
     return _Tokens(span, input_ids, text_mask, torch.tensor(span.lengths, dtype=torch.long))
 
 
-def _alignment_index(durations: Sequence[torch.Tensor], frames: _Span, device: torch.device) -> torch.Tensor:
-    """Frame -> token index per item, ``(B, frames.width)``; padding frames point at token 0."""
-    index = torch.zeros(len(durations), frames.width, dtype=torch.long, device=device)
-    for b, dur in enumerate(durations):
-        index[b, : frames.lengths[b]] = torch.repeat_interleave(torch.arange(len(dur), device=device), dur)
-    return index
-
-
-def _durations_and_prosody(
-    model: nn.Module, token_ids: Sequence[torch.Tensor], s_pred: torch.Tensor, speeds: Sequence[float]
-) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
-    """Durations, F0 and N curves of a (sub-)batch, unpadded: ``(T_b,)``, ``(2 F_b,)``, ``(2 F_b,)``."""
-    device = s_pred.device
-    tokens = _pad_tokens(token_ids, device)
+def _predict_durations(
+    model: nn.Module, tokens: _Tokens, s_pred: torch.Tensor, speeds: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Frames per token ``(B, T)`` (int64, 0 on padding) and the duration encoder's output ``d``."""
     # ALBERT, DurationEncoder and TextEncoder are length-correct given the mask and true lengths;
     # the duration LSTM is not, so it runs packed.
     bert_dur = model.bert(tokens.input_ids, attention_mask=(~tokens.text_mask).int())
@@ -358,98 +459,148 @@ def _durations_and_prosody(
     d = model.predictor.text_encoder(d_en, s_pred, tokens.lengths_cpu, tokens.text_mask)
     x = _lstm(model.predictor.lstm, d, tokens.span)
     logits = model.predictor.duration_proj(x)
-    durations = []
-    for b, n in enumerate(tokens.span.lengths):
-        # Per item with a Python float, as kokoro divides: keeps batch 1 bit-identical.
-        raw = torch.sigmoid(logits[b, :n]).sum(dim=-1) / float(speeds[b])
-        durations.append(torch.round(raw).clamp(min=1).long())
-    frames = _Span([int(dur.sum()) for dur in durations], device)
-    en = _expand(d.transpose(-1, -2), _alignment_index(durations, frames, device), frames)
+    # kokoro divides by the Python float speed; a float32 tensor divides to the same values.
+    raw = torch.sigmoid(logits).sum(dim=-1) / speeds[:, None]
+    return torch.round(raw).clamp(min=1).long().masked_fill(tokens.text_mask, 0), d
+
+
+def _alignment_index(durations: torch.Tensor, frames: _Span) -> torch.Tensor:
+    """Frame -> token index per item, ``(B, frames.width)``, from ``(B, T)`` durations (0 on padding).
+
+    Token ``i`` of item b owns frames ``[ends[i-1], ends[i])``, where ``ends`` is the cumulative sum
+    of its durations, so frame f's token is the number of ends <= f. Padding frames point at the
+    last token (``_expand`` zeroes them).
+    """
+    ends = torch.cumsum(durations, dim=1)
+    positions = torch.arange(frames.width, device=durations.device).expand(durations.shape[0], -1).contiguous()
+    index = torch.searchsorted(ends, positions, right=True)
+    return index.clamp(max=durations.shape[1] - 1)
+
+
+def _alignment(durations: torch.Tensor) -> tuple[_Span, torch.Tensor]:
+    """The one place where predicted durations ``(B, T)`` become the alignment: frames and index.
+
+    One host sync (the lengths decide every later shape).
+    """
+    frames = _Span(durations.sum(dim=1).tolist(), durations.device)
+    return frames, _alignment_index(durations, frames)
+
+
+def _durations_and_prosody(
+    model: nn.Module, tokens: _Tokens, s_pred: torch.Tensor, speeds: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, _Span, torch.Tensor, _Span]:
+    """Durations, F0 and N of the whole batch at once: ``(B, T)``, ``(B, H)``, ``(B, H)``, padded."""
+    durations, d = _predict_durations(model, tokens, s_pred, speeds)
+    frames, index = _alignment(durations)
+    en = _expand(d.transpose(-1, -2), index, frames)
     # F0/N come out at twice the frame rate (the upsampling AdainResBlk1d).
-    halves = _Span([_conv_t_len(model.predictor.F0[1].pool, n) for n in frames.lengths], device)
+    halves = _Span([_conv_t_len(model.predictor.F0[1].pool, n) for n in frames.lengths], s_pred.device)
     f0, n_curve = _prosody(model.predictor, en, s_pred, frames, halves)
     _check_width(f0, halves, "F0 curve")
-    return (
-        durations,
-        [f0[b, :h] for b, h in enumerate(halves.lengths)],
-        [n_curve[b, :h] for b, h in enumerate(halves.lengths)],
-    )
+    return durations, f0, n_curve, frames, index, halves
 
 
-def _pad_curves(curves: Sequence[torch.Tensor], span: _Span) -> torch.Tensor:
-    out = curves[0].new_zeros(len(curves), span.width)
-    for b, curve in enumerate(curves):
-        out[b, : curve.shape[0]] = curve
-    return out
+def _prosody_per_item(
+    model: nn.Module, tokens: _Tokens, s_pred: torch.Tensor, speeds: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``_durations_and_prosody`` one item at a time, padded into a batch: F0 bit-identical to solo.
+
+    A few hundred ops per item (``per_item_prosody=True``; see the module docstring for why).
+    """
+    batch = len(tokens.span.lengths)
+    durations = torch.zeros(batch, tokens.span.width, dtype=torch.long, device=s_pred.device)
+    curves: list[tuple[torch.Tensor, torch.Tensor]] = []
+    for b, n in enumerate(tokens.span.lengths):
+        one = _pad_tokens([tokens.input_ids[b, :n]], s_pred.device)
+        dur, f0, n_curve, *_ = _durations_and_prosody(model, one, s_pred[b : b + 1], speeds[b : b + 1])
+        durations[b, :n] = dur[0]
+        curves.append((f0[0], n_curve[0]))
+    width = max(f0.shape[0] for f0, _ in curves)
+    f0_pred = s_pred.new_zeros(batch, width)
+    n_pred = s_pred.new_zeros(batch, width)
+    for b, (f0, n_curve) in enumerate(curves):
+        f0_pred[b, : f0.shape[0]] = f0
+        n_pred[b, : n_curve.shape[0]] = n_curve
+    return durations, f0_pred, n_pred
+
+
+class BatchedAudio(NamedTuple):
+    """A batch's result, padded: ``audio[b, :num_samples[b]]`` is item b's audio.
+
+    ``audio`` is float32 on the model's device, zero past each item's end; ``durations`` is int64
+    on CPU, ``(B, max tokens)``, zero past each item's ``num_tokens[b]`` tokens. Kept padded so
+    that a caller copies the batch to the host in one transfer.
+    """
+
+    audio: torch.Tensor
+    num_samples: list[int]
+    durations: torch.Tensor
+    num_tokens: list[int]
+
+    def item(self, b: int) -> BatchedOutput:
+        return BatchedOutput(self.audio[b, : self.num_samples[b]], self.durations[b, : self.num_tokens[b]])
+
+    def items(self) -> list[BatchedOutput]:
+        return [self.item(b) for b in range(len(self.num_samples))]
 
 
 @torch.inference_mode()
 def batched_forward(
     model: nn.Module,
-    token_ids: Sequence[torch.Tensor],
+    token_ids: Sequence[torch.Tensor | Sequence[int]],
     ref_s: torch.Tensor,
     speeds: Sequence[float],
-    generators: Sequence[torch.Generator],
+    noise: SourceNoise | Sequence[torch.Generator],
     *,
-    batched_prosody: bool = False,
-) -> list[BatchedOutput]:
+    per_item_prosody: bool = False,
+) -> BatchedAudio:
     """Synthesize a batch; item ``b``'s output depends only on item ``b``'s inputs.
 
-    ``model`` is a ``kokoro.KModel`` in eval mode. ``token_ids[b]`` is a 1-D LongTensor that
-    already carries the boundary tokens (``[0, *ids, 0]``, at most ``model.context_length`` long),
-    ``ref_s`` is ``(B, 2 * style_dim)`` (decoder half first, prosody half second, as voice-pack
-    rows are), ``speeds[b] > 0`` divides item b's durations, and ``generators[b]`` (on the model's
-    device) supplies item b's source noise; the caller seeds it. Returns one ``BatchedOutput`` per
-    item, in input order: audio of ``durations.sum() * 600`` samples on the model's device and
-    durations on CPU. Raises ``ValueError`` on malformed input.
+    ``model`` is a ``kokoro.KModel`` in eval mode. ``token_ids[b]`` (a 1-D LongTensor or a list of
+    ints) already carries the boundary tokens (``[0, *ids, 0]``, at most ``model.context_length``
+    long), ``ref_s`` is ``(B, 2 * style_dim)`` (decoder half first, prosody half second, as
+    voice-pack rows are), ``speeds[b] > 0`` divides item b's durations, and ``noise`` supplies each
+    item's source noise: a ``SourceNoise`` (``HashNoise(seeds)``: the engine's) or one seeded
+    ``torch.Generator`` per item on the model's device (``GeneratorNoise``: kokoro's own draws).
+    Returns the padded batch (``BatchedAudio``; ``.items()`` splits it): audio of
+    ``durations.sum() * 600`` samples per item. Raises ``ValueError`` on malformed input.
 
-    ``batched_prosody=False`` (the default) runs ALBERT through the prosody predictor one item at
-    a time, as at batch 1, so durations and F0 are bit-identical to a solo run and voiced audio
-    does not drift; ``True`` batches them too, with masks (see the module docstring).
+    ``per_item_prosody=False`` (default) runs ALBERT through the prosody predictor on the whole
+    batch: the number of tensor ops does not depend on the number of items. ``True`` runs that
+    part one item at a time, so durations and F0 are bit-identical to a solo run and voiced audio
+    matches it at ~1e-6; it costs a few hundred ops per item (see the module docstring).
     """
+    if not isinstance(noise, SourceNoise):
+        noise = GeneratorNoise(noise)
     num_items = len(token_ids)
-    if not (num_items == len(speeds) == len(generators) == ref_s.shape[0]) or num_items == 0:
-        raise ValueError("token_ids, ref_s, speeds and generators must have the same non-zero length")
+    if not (num_items == len(speeds) == len(noise) == ref_s.shape[0]) or num_items == 0:
+        raise ValueError("token_ids, ref_s, speeds and noise must have the same non-zero length")
     if model.training:
         raise ValueError("model must be in eval mode (dropout would randomise the output)")
     if any(not speed > 0 for speed in speeds):
         raise ValueError(f"speeds must be positive, got {list(speeds)}")
     device = model.bert.device
-    for rng in generators:
-        if rng.device.type != device.type:
-            raise ValueError(f"generator on {rng.device} for a model on {device}")
-    lengths = [int(ids.shape[-1]) for ids in token_ids]
-    if min(lengths) < 2 or max(lengths) > model.context_length:
-        raise ValueError(f"token sequences must hold 2..{model.context_length} tokens, got {lengths}")
+    tokens = _pad_tokens(token_ids, device)
+    if min(tokens.span.lengths) < 2 or tokens.span.width > model.context_length:
+        raise ValueError(f"token sequences must hold 2..{model.context_length} tokens, got {tokens.span.lengths}")
 
     style_dim = model.predictor.text_encoder.sty_dim
     ref_s = ref_s.to(device)
     s_dec, s_pred = ref_s[:, :style_dim], ref_s[:, style_dim:]
-    if batched_prosody:
-        durations, f0_curves, n_curves = _durations_and_prosody(model, token_ids, s_pred, speeds)
+    speeds_t = torch.tensor([float(speed) for speed in speeds], dtype=torch.float32, device=device)
+    if per_item_prosody:
+        durations, f0_pred, n_pred = _prosody_per_item(model, tokens, s_pred, speeds_t)
+        frames, index = _alignment(durations)
+        halves = _Span([_conv_t_len(model.predictor.F0[1].pool, n) for n in frames.lengths], device)
     else:
-        durations, f0_curves, n_curves = [], [], []
-        for b in range(num_items):
-            one = slice(b, b + 1)
-            dur, f0, n_curve = _durations_and_prosody(model, token_ids[one], s_pred[one], speeds[one])
-            durations += dur
-            f0_curves += f0
-            n_curves += n_curve
-
-    frames = _Span([int(dur.sum()) for dur in durations], device)
-    halves = _Span([curve.shape[0] for curve in f0_curves], device)
-    tokens = _pad_tokens(token_ids, device)
+        durations, f0_pred, n_pred, frames, index, halves = _durations_and_prosody(model, tokens, s_pred, speeds_t)
     t_en = model.text_encoder(tokens.input_ids, tokens.lengths_cpu, tokens.text_mask)
-    asr = _expand(t_en, _alignment_index(durations, frames, device), frames)
-    f0_pred, n_pred = _pad_curves(f0_curves, halves), _pad_curves(n_curves, halves)
-    audio = _decoder(model.decoder, asr, f0_pred, n_pred, s_dec, frames, halves, generators)
+    asr = _expand(t_en, index, frames)
+    audio, num_samples = _decoder(model.decoder, asr, f0_pred, n_pred, s_dec, frames, halves, noise)
 
-    outputs = []
     samples_per_half = model.decoder.generator.m_source.l_sin_gen.upsample_scale
-    for b in range(num_items):
-        expected = halves.lengths[b] * samples_per_half  # = sum(durations) * 600 for Kokoro
-        # torch.istft returns exactly (frames - 1) * hop samples; the cut guards other STFTs.
-        if audio[b].shape[0] < expected:
-            raise AssertionError(f"item {b}: {audio[b].shape[0]} samples < {expected}")
-        outputs.append(BatchedOutput(audio=audio[b][:expected], durations=durations[b].cpu()))
-    return outputs
+    # torch.istft's length, (frames - 1) * hop, is sum(durations) * 600 for Kokoro's generator.
+    expected = [n * samples_per_half for n in halves.lengths]
+    if num_samples != expected:
+        raise AssertionError(f"samples {num_samples} != expected {expected}")
+    return BatchedAudio(audio, num_samples, durations.cpu(), tokens.span.lengths)

@@ -1,8 +1,9 @@
 """``KokoroEngine``: one Kokoro-82M ``KModel`` and its voice packs behind voxgate's ``Engine``.
 
 The engine maps each item's phonemes to token ids, picks the item's style row from its voice pack,
-seeds the item's own noise generator, and runs the whole batch through ``batched_forward`` (an
-exact batched pass over the model's own modules). Results come back in input order, each
+keys the item's source noise by its seed (``HashNoise``), and runs the whole batch through
+``batched_forward`` (a batched pass over the model's own modules; with whole-batch prosody, the
+default on CUDA, in a number of tensor ops that does not depend on the batch size). Results come back in input order, each
 depending only on its own item.
 
 What it is not: a scheduler (it sorts and buckets nothing), a G2P (phonemes arrive ready), or a
@@ -23,6 +24,7 @@ import torch
 
 from gateway.engines.base import MAX_PHONEMES, Engine, EngineError, SynthesisItem, SynthesisResult
 from gateway.engines.batched import batched_forward
+from gateway.engines.source_noise import HashNoise
 
 __all__ = ["KokoroEngine", "DType", "resolve_device", "device_name"]
 
@@ -71,8 +73,9 @@ class KokoroEngine(Engine):
     worker threads. Call every method from the engine thread: ``num_threads`` is applied to that thread.
 
     ``dtype`` other than float32 applies only on CUDA (autocast; unmeasured, so off by default).
-    ``batched_prosody=True`` also batches ALBERT and the prosody predictor (more GPU parallelism;
-    voiced audio then drifts from a solo run by ~5e-3 relative, inaudibly; see ``batched.py``).
+    ``prosody="per_item"`` runs ALBERT to F0 one item at a time: voiced audio then equals a solo
+    run at ~1e-6 instead of ~2e-3, at a few hundred more tensor ops per item (``batched.py``);
+    ``"batched"`` keeps the op count independent of the batch; ``"auto"`` is batched on CUDA only.
     """
 
     name = "kokoro"
@@ -88,7 +91,7 @@ class KokoroEngine(Engine):
         preferred_batch_size: int | None = None,
         dtype: DType = "float32",
         weights_source: str = "",
-        batched_prosody: bool = False,
+        prosody: Literal["auto", "batched", "per_item"] = "auto",
     ) -> None:
         if not voices:
             raise ValueError("at least one voice pack is needed")
@@ -108,8 +111,11 @@ class KokoroEngine(Engine):
         self._preferred: int | None = preferred_batch_size
         self.preferred_batch_size = min(preferred_batch_size or 1, max_batch_size)
         self.weights_source = weights_source
-        # False: ALBERT to F0 per item, so every result is exactly its solo result (batched.py).
-        self.batched_prosody = batched_prosody
+        if prosody not in ("auto", "batched", "per_item"):
+            raise ValueError(f"prosody must be auto, batched or per_item, got {prosody!r}")
+        # Batched: the whole batch in ops independent of its size (what a launch-bound GPU needs);
+        # per item: exact against a solo run (batched.py explains the difference).
+        self.per_item_prosody = prosody == "per_item" or (prosody == "auto" and self.device.type != "cuda")
         self._apply_threads()
         self.model = model.to(self.device).eval()
         self.style_dim = int(self.model.predictor.text_encoder.sty_dim)
@@ -120,6 +126,13 @@ class KokoroEngine(Engine):
             if pack.dim() != 3 or pack.shape[1] != 1 or pack.shape[2] != 2 * self.style_dim:
                 raise ValueError(f"voice {name!r}: pack shape {tuple(pack.shape)}, want (N, 1, {2 * self.style_dim})")
             self._voices[name] = pack.to(self.device, torch.float32)
+        # All packs in one tensor (padded to the longest, by repeating its last row), so a batch's
+        # style rows are one gather.
+        rows = max(pack.shape[0] for pack in self._voices.values())
+        self._packs = torch.stack(
+            [torch.cat([p, p[-1:].expand(rows - p.shape[0], -1, -1)]) for p in self._voices.values()]
+        )
+        self._voice_index = {name: i for i, name in enumerate(self._voices)}
         self._context = int(self.model.context_length) - 2
 
     @classmethod
@@ -159,39 +172,43 @@ class KokoroEngine(Engine):
         if len(items) > self.max_batch_size:
             raise EngineError(f"batch of {len(items)} exceeds max_batch_size {self.max_batch_size}")
         self._apply_threads()
-        token_ids, styles, speeds, generators, spoken, seeds = [], [], [], [], [], []
+        # Per item: host-side Python only. The batch then goes to the device in a fixed number of
+        # tensor ops (ids, style rows, speeds, seeds), whatever its size.
+        token_ids, voice_rows, speeds, spoken, seeds = [], [], [], [], []
         for item in items:
-            pack = self._voices.get(item.voice)
-            if pack is None:
+            index = self._voice_index.get(item.voice)
+            if index is None:
                 raise EngineError(f"unknown voice {item.voice!r}")
             kept = "".join(ch for ch in item.phonemes if ch in self._vocab)
             if len(kept) > min(MAX_PHONEMES, self._context):
                 raise EngineError(f"{len(kept)} phonemes exceed the {MAX_PHONEMES}-phoneme context")
             if not item.speed > 0:
                 raise EngineError(f"speed must be positive, got {item.speed}")
-            token_ids.append(torch.tensor([0, *(self._vocab[ch] for ch in kept), 0], dtype=torch.long))
+            token_ids.append([0, *(self._vocab[ch] for ch in kept), 0])
             # Kokoro's pipeline picks the row by the character count before vocabulary filtering.
-            row = min(max(len(item.phonemes), 1), pack.shape[0]) - 1
-            styles.append(pack[row])
+            row = min(max(len(item.phonemes), 1), self._packs.shape[1]) - 1
+            voice_rows.append((index, row))
             speeds.append(float(item.speed))
-            seed = item.effective_seed()
-            seeds.append(seed)
-            generators.append(torch.Generator(device=self.device).manual_seed(seed))
+            seeds.append(item.effective_seed())
             spoken.append(kept)
-        ref_s = torch.cat(styles, dim=0)
+        rows = torch.tensor(voice_rows, dtype=torch.long, device=self.device)
+        ref_s = self._packs[rows[:, 0], rows[:, 1], 0]
         try:
             with self._autocast():
-                outputs = batched_forward(
-                    self.model, token_ids, ref_s, speeds, generators, batched_prosody=self.batched_prosody
+                out = batched_forward(
+                    self.model, token_ids, ref_s, speeds, HashNoise(seeds), per_item_prosody=self.per_item_prosody
                 )
         except ValueError as exc:
             raise EngineError(str(exc)) from exc
+        # One device-to-host copy for the batch; the per-item cuts are numpy views.
+        audio = out.audio.float().cpu().numpy()
+        durations = out.durations.numpy().astype(np.int64, copy=False)
         results = []
-        for out, kept, seed in zip(outputs, spoken, seeds):
+        for b, (kept, seed) in enumerate(zip(spoken, seeds)):
             results.append(
                 SynthesisResult(
-                    audio=out.audio.float().cpu().numpy(),
-                    durations=out.durations.numpy().astype(np.int64, copy=False),
+                    audio=audio[b, : out.num_samples[b]].copy(),
+                    durations=durations[b, : out.num_tokens[b]].copy(),
                     phonemes=kept,
                     extra={"seed": seed},
                 )
@@ -215,6 +232,7 @@ class KokoroEngine(Engine):
 
     def close(self) -> None:
         self._voices.clear()
+        self._voice_index.clear()
         self.model = None
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
@@ -228,7 +246,7 @@ class KokoroEngine(Engine):
             num_threads=self.num_threads if self.device.type == "cpu" else None,
             weights_source=self.weights_source,
             num_voices=len(self._voices),
-            batched_prosody=self.batched_prosody,
+            per_item_prosody=self.per_item_prosody,
         )
         return info
 
