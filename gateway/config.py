@@ -109,6 +109,16 @@ class SegmenterConfig:
     min_chars: int = 80
     max_chars: int = 250
     growth: float = 2.0
+    #: Target time to first audio: the first piece is as long as the engine can synthesize in this
+    #: time at its measured speed (``gateway.text.pacing``); 0 keeps first_max_chars and growth.
+    first_audio_target_ms: float = 600.0
+    #: After a piece that ends a sentence, pieces are whole sentences up to this many units; 0: off.
+    whole_max_chars: int = 400
+    #: Skip the engine's silence at piece edges and join pieces with a pause by punctuation
+    #: (``gateway.engines.edges``, ``gateway.audio_join``); the lengths are docs/pauses.md's.
+    trim_edges: bool = True
+    pause_clause_ms: float = 175.0
+    pause_sentence_ms: float = 400.0
 
 
 @dataclass(frozen=True, slots=True)

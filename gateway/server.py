@@ -317,6 +317,7 @@ class Gateway:
                 voices=self._voices,
                 langs=self._langs,
                 now=loop.time(),
+                pace=self._seconds_per_token,
             )
             rt = _Runtime(session=session, ws=ws)
             self._runtimes[session.session_id] = rt
@@ -552,6 +553,9 @@ class Gateway:
         self._pump(rt)
         self._wake.set()
 
+    def _seconds_per_token(self) -> float:
+        return self.scheduler.seconds_per_token if self.scheduler is not None else 0.0
+
     def _update_queue_depth(self) -> None:
         if self.scheduler is not None:
             self.metrics.queue_depth.set(self.scheduler.num_queued)
@@ -593,8 +597,9 @@ class Gateway:
         loop = asyncio.get_running_loop()
         self._update_queue_depth()
         self.metrics.batch_size.observe(len(batch.pieces))
+        trim = self.config.segmenter.trim_edges
         items = [
-            SynthesisItem(phonemes=p.phonemes, voice=p.voice, speed=p.speed, seed=p.seed, text=p.text)
+            SynthesisItem(phonemes=p.phonemes, voice=p.voice, speed=p.speed, seed=p.seed, text=p.text, trim_start=trim, trim_end=trim)
             for p in batch.pieces
         ]
         started = time.perf_counter()

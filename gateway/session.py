@@ -29,6 +29,7 @@ import numpy as np
 
 from gateway.alignment import piece_alignment
 from gateway.audio import ULAW_RATE, ContextEncoder
+from gateway.audio_join import PauseLengths, with_pause
 from gateway.config import SegmenterConfig, SessionConfig
 from gateway.engines.base import SAMPLE_RATE, SynthesisResult
 from gateway.errors import CloseCode, InvalidState, LimitExceeded, ProtocolError, VoxgateError
@@ -45,6 +46,7 @@ from gateway.protocol import (
     encode_audio_frame,
     parse_client_message,
 )
+from gateway.text.pacing import make_segmenter
 from gateway.text.segmenter import Segmenter
 
 __all__ = ["SessionState", "ContextState", "Settings", "Context", "PieceRequest", "Session"]
@@ -179,12 +181,16 @@ class Session:
         voices: Sequence[str],
         langs: Sequence[str],
         now: float,
+        pace: Callable[[], float] | None = None,
     ) -> None:
         if not voices:
             raise ValueError("a session needs at least one voice")
         self.session_id = session_id
         self.config = config
         self.segmenter_config = segmenter_config
+        #: The engine's measured seconds of compute per phoneme token (0 until known): sizes pieces.
+        self._pace = pace or (lambda: 0.0)
+        self._pauses = PauseLengths(0.0, segmenter_config.pause_clause_ms, segmenter_config.pause_sentence_ms)
         self.voices = list(voices)
         self.langs = list(langs)
         self.state = SessionState.OPEN
@@ -532,13 +538,7 @@ class Session:
             settings=settings,
             priority=message.priority or 0,
             ttl_ms=message.ttl_ms,
-            segmenter=Segmenter(
-                first_min_chars=seg.first_min_chars,
-                first_max_chars=seg.first_max_chars,
-                min_chars=seg.min_chars,
-                max_chars=seg.max_chars,
-                growth=seg.growth,
-            ),
+            segmenter=make_segmenter(seg, self._pace(), settings.speed),
             encoder=ContextEncoder(
                 audio_format=settings.format,
                 sample_rate=settings.sample_rate,
@@ -620,6 +620,7 @@ class Session:
             self._finish_context(context, ContextState.DONE, now)
 
     def _emit_audio(self, context: Context, result: SynthesisResult, now: float) -> None:
+        result = with_pause(result, self._pauses)
         if context.settings.alignment:
             words = result.extra.get("words", ())
             offset_ms = context.source_samples * 1000.0 / SAMPLE_RATE

@@ -57,6 +57,11 @@ class SynthesisItem:
     #: The graphemes the phonemes came from, for engines that read text (RealtimeTTS); phoneme
     #: engines ignore it, and it is not part of ``default_seed``.
     text: str = ""
+    #: The item continues speech before / after it (a piece cut from a longer text): engines that
+    #: can, skip the silence they would put at that edge (``gateway.engines.edges``) and say so in
+    #: ``SynthesisResult.extra["edges_trimmed"]``; others ignore it. Not part of ``default_seed``.
+    trim_start: bool = False
+    trim_end: bool = False
 
     def effective_seed(self) -> int:
         if self.seed is not None:

@@ -47,6 +47,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from gateway.engines.edges import EdgeSpan, clamp_edges
+
 __all__ = ["BatchedOutput", "batched_forward"]
 
 
@@ -346,7 +348,11 @@ def _alignment_index(durations: Sequence[torch.Tensor], frames: _Span, device: t
 
 
 def _durations_and_prosody(
-    model: nn.Module, token_ids: Sequence[torch.Tensor], s_pred: torch.Tensor, speeds: Sequence[float]
+    model: nn.Module,
+    token_ids: Sequence[torch.Tensor],
+    s_pred: torch.Tensor,
+    speeds: Sequence[float],
+    edges: Sequence[EdgeSpan | None] | None = None,
 ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
     """Durations, F0 and N curves of a (sub-)batch, unpadded: ``(T_b,)``, ``(2 F_b,)``, ``(2 F_b,)``."""
     device = s_pred.device
@@ -362,7 +368,8 @@ def _durations_and_prosody(
     for b, n in enumerate(tokens.span.lengths):
         # Per item with a Python float, as kokoro divides: keeps batch 1 bit-identical.
         raw = torch.sigmoid(logits[b, :n]).sum(dim=-1) / float(speeds[b])
-        durations.append(torch.round(raw).clamp(min=1).long())
+        # Edge silence is clamped here, before the alignment: nothing downstream generates it.
+        durations.append(clamp_edges(torch.round(raw).clamp(min=1).long(), edges[b] if edges else None))
     frames = _Span([int(dur.sum()) for dur in durations], device)
     en = _expand(d.transpose(-1, -2), _alignment_index(durations, frames, device), frames)
     # F0/N come out at twice the frame rate (the upsampling AdainResBlk1d).
@@ -392,6 +399,7 @@ def batched_forward(
     generators: Sequence[torch.Generator],
     *,
     batched_prosody: bool = False,
+    edges: Sequence[EdgeSpan | None] | None = None,
 ) -> list[BatchedOutput]:
     """Synthesize a batch; item ``b``'s output depends only on item ``b``'s inputs.
 
@@ -406,6 +414,7 @@ def batched_forward(
     ``batched_prosody=False`` (the default) runs ALBERT through the prosody predictor one item at
     a time, as at batch 1, so durations and F0 are bit-identical to a solo run and voiced audio
     does not drift; ``True`` batches them too, with masks (see the module docstring).
+    ``edges[b]`` clamps item b's edge tokens to one frame (``gateway.engines.edges``).
     """
     num_items = len(token_ids)
     if not (num_items == len(speeds) == len(generators) == ref_s.shape[0]) or num_items == 0:
@@ -426,12 +435,14 @@ def batched_forward(
     ref_s = ref_s.to(device)
     s_dec, s_pred = ref_s[:, :style_dim], ref_s[:, style_dim:]
     if batched_prosody:
-        durations, f0_curves, n_curves = _durations_and_prosody(model, token_ids, s_pred, speeds)
+        durations, f0_curves, n_curves = _durations_and_prosody(model, token_ids, s_pred, speeds, edges)
     else:
         durations, f0_curves, n_curves = [], [], []
         for b in range(num_items):
             one = slice(b, b + 1)
-            dur, f0, n_curve = _durations_and_prosody(model, token_ids[one], s_pred[one], speeds[one])
+            dur, f0, n_curve = _durations_and_prosody(
+                model, token_ids[one], s_pred[one], speeds[one], edges[one] if edges else None
+            )
             durations += dur
             f0_curves += f0
             n_curves += n_curve

@@ -23,6 +23,7 @@ import torch
 
 from gateway.engines.base import MAX_PHONEMES, Engine, EngineError, SynthesisItem, SynthesisResult
 from gateway.engines.batched import batched_forward
+from gateway.engines.edges import edge_span, trim_edges
 
 __all__ = ["KokoroEngine", "DType", "resolve_device", "device_name"]
 
@@ -179,23 +180,23 @@ class KokoroEngine(Engine):
             generators.append(torch.Generator(device=self.device).manual_seed(seed))
             spoken.append(kept)
         ref_s = torch.cat(styles, dim=0)
+        edges = [edge_span(kept, trim_start=item.trim_start, trim_end=item.trim_end) for item, kept in zip(items, spoken)]
         try:
             with self._autocast():
                 outputs = batched_forward(
-                    self.model, token_ids, ref_s, speeds, generators, batched_prosody=self.batched_prosody
+                    self.model, token_ids, ref_s, speeds, generators, batched_prosody=self.batched_prosody, edges=edges
                 )
         except ValueError as exc:
             raise EngineError(str(exc)) from exc
         results = []
-        for out, kept, seed in zip(outputs, spoken, seeds):
-            results.append(
-                SynthesisResult(
-                    audio=out.audio.float().cpu().numpy(),
-                    durations=out.durations.numpy().astype(np.int64, copy=False),
-                    phonemes=kept,
-                    extra={"seed": seed},
-                )
+        for out, kept, seed, span in zip(outputs, spoken, seeds, edges):
+            audio, durations = trim_edges(
+                out.audio.float().cpu().numpy(), out.durations.numpy().astype(np.int64, copy=False), span
             )
+            extra: dict[str, object] = {"seed": seed}
+            if span:
+                extra["edges_trimmed"] = (span.lead > 0, span.tail > 0)
+            results.append(SynthesisResult(audio=audio, durations=durations, phonemes=kept, extra=extra))
         return results
 
     def warmup(self) -> None:

@@ -1,0 +1,102 @@
+"""Remove the silence Kokoro puts around every item, before the decoder makes it.
+
+Kokoro speaks each item as a whole utterance: the boundary token before the speech (BOS) is given
+~0.30 s, and the end token (EOS) plus trailing punctuation up to ~0.6 s. Between two pieces of one
+sentence that makes a ~1 s hole, and the decoder spends its compute generating it. So, for items
+that ask for it (``SynthesisItem.trim_start`` / ``trim_end``), the durations of the non-speech
+tokens at the edges are clamped to one frame *before* the alignment is built (the decoder then makes
+one frame instead of a dozen), and after decoding those remaining frames are cut from the audio with
+a few-ms fade against clicks. Durations of cut tokens become 0, so ``len(audio) ==
+durations.sum() * 600`` still holds and word/phoneme timings computed from them stay exact.
+
+The pause a speaker makes at the cut is not the engine's business: the session adds it
+(``gateway.audio_join``), by the punctuation that ends the piece.
+
+Pure functions on one item's tensors: no model, no state.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from gateway.engines.base import SAMPLES_PER_FRAME
+
+__all__ = ["NON_SPEECH", "EdgeSpan", "edge_span", "clamp_edges", "trim_edges", "FADE_SAMPLES"]
+
+#: Phoneme characters that carry no speech of their own: Kokoro gives them pause durations.
+NON_SPEECH = frozenset(" ;:,.!?—–…\"()“”«»'-")
+#: Fade at a trimmed edge: 5 ms at 24 kHz, short enough to keep the onset, long enough against clicks.
+FADE_SAMPLES = 120
+
+
+@dataclass(frozen=True, slots=True)
+class EdgeSpan:
+    """How many tokens of ``[BOS, *phonemes, EOS]`` are non-speech at each trimmed edge (0: keep)."""
+
+    lead: int
+    tail: int
+
+    def __bool__(self) -> bool:
+        return bool(self.lead or self.tail)
+
+
+def edge_span(phonemes: str, *, trim_start: bool, trim_end: bool) -> EdgeSpan:
+    """The edge tokens to trim for ``phonemes`` (the characters the engine actually speaks).
+
+    The leading span is BOS plus the non-speech characters before the first spoken one, the trailing
+    span the non-speech characters after the last spoken one plus EOS. An item with nothing to say
+    keeps its tokens (there is no speech to cut them from).
+    """
+    spoken = [i for i, ch in enumerate(phonemes) if ch not in NON_SPEECH]
+    if not spoken:
+        return EdgeSpan(0, 0)
+    lead = 1 + spoken[0] if trim_start else 0
+    tail = 1 + (len(phonemes) - 1 - spoken[-1]) if trim_end else 0
+    return EdgeSpan(lead, tail)
+
+
+def clamp_edges(durations: torch.Tensor, span: EdgeSpan | None, *, keep_frames: int = 1) -> torch.Tensor:
+    """``durations`` (one item, ``[BOS, *phonemes, EOS]``) with the edge tokens held to ``keep_frames``.
+
+    Call it where predicted durations become the alignment, so neither the prosody predictor nor the
+    decoder generates the silence. One frame is kept per token so the decoder still sees each
+    token's features at the seam; ``trim_edges`` removes those frames afterwards.
+    """
+    if not span:
+        return durations
+    out = durations.clone()
+    if span.lead:
+        out[: span.lead] = out[: span.lead].clamp(max=keep_frames)
+    if span.tail:
+        out[-span.tail :] = out[-span.tail :].clamp(max=keep_frames)
+    return out
+
+
+def trim_edges(
+    audio: np.ndarray, durations: np.ndarray, span: EdgeSpan | None, *, fade_samples: int = FADE_SAMPLES
+) -> tuple[np.ndarray, np.ndarray]:
+    """Cut the edge tokens' frames from ``audio`` and fade the new edges; returns (audio, durations).
+
+    The cut tokens' durations become 0, so ``len(audio) == durations.sum() * 600`` still holds and
+    timings computed from the durations describe the returned audio exactly.
+    """
+    if not span:
+        return audio, durations
+    durations = np.asarray(durations, dtype=np.int64).copy()
+    start = int(durations[: span.lead].sum()) * SAMPLES_PER_FRAME
+    stop = len(audio) - int(durations[len(durations) - span.tail :].sum()) * SAMPLES_PER_FRAME if span.tail else len(audio)
+    out = np.array(audio[start:stop], dtype=np.float32, copy=True)
+    fade = min(fade_samples, len(out) // 2)
+    if fade:
+        ramp = np.linspace(0.0, 1.0, fade, endpoint=False, dtype=np.float32)
+        if span.lead:
+            out[:fade] *= ramp
+        if span.tail:
+            out[len(out) - fade :] *= ramp[::-1]
+    durations[: span.lead] = 0
+    if span.tail:
+        durations[len(durations) - span.tail :] = 0
+    return out, durations
