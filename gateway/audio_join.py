@@ -40,8 +40,8 @@ class PauseLengths:
     """Silence after a piece, by how it ends (ms; rounded to whole 25 ms frames)."""
 
     phrase_ms: float = 0.0
-    clause_ms: float = 175.0
-    sentence_ms: float = 400.0
+    clause_ms: float = 100.0
+    sentence_ms: float = 175.0
 
     def frames(self, cut: CutClass) -> int:
         ms = {CutClass.PHRASE: self.phrase_ms, CutClass.CLAUSE: self.clause_ms, CutClass.SENTENCE: self.sentence_ms}[cut]

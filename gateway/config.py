@@ -117,8 +117,8 @@ class SegmenterConfig:
     #: Skip the engine's silence at piece edges and join pieces with a pause by punctuation
     #: (``gateway.engines.edges``, ``gateway.audio_join``); the lengths are docs/pauses.md's.
     trim_edges: bool = True
-    pause_clause_ms: float = 175.0
-    pause_sentence_ms: float = 400.0
+    pause_clause_ms: float = 100.0
+    pause_sentence_ms: float = 175.0
 
 
 @dataclass(frozen=True, slots=True)

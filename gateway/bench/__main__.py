@@ -1,4 +1,4 @@
-"""``voxgate bench engine|load|soak``: benchmarks that write their results under ``benchmarks/results``."""
+"""``voxgate bench engine|load|soak|quality``: benchmarks that write their results under ``benchmarks/results``."""
 
 from __future__ import annotations
 
@@ -8,13 +8,17 @@ from collections.abc import Sequence
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] not in ("engine", "load", "soak"):
-        print("usage: voxgate bench {engine,load,soak} [options]  (--help after the name for options)", file=sys.stderr)
+    if not argv or argv[0] not in ("engine", "load", "soak", "quality"):
+        print("usage: voxgate bench {engine,load,soak,quality} [options]  (--help after the name for options)", file=sys.stderr)
         return 2
     if argv[0] == "soak":
         from gateway.bench.soak import main as soak_main
 
         return soak_main(argv[1:])
+    if argv[0] == "quality":
+        from gateway.bench.quality import main as quality_main
+
+        return quality_main(argv[1:])
     if argv[0] == "engine":
         from gateway.bench.engine import main as engine_main
 
