@@ -130,3 +130,47 @@ def test_timings_offsets_and_done_totals_stay_exact_with_trimmed_pieces_and_paus
         offset += len(payload) // 2
     done = next(o for o in out if isinstance(o, dict) and o["type"] == "context.done")
     assert done["audio_ms"] == pytest.approx(offset * 1000 / 24_000) == 3 * 150.0 + 200.0 + 500.0 + 500.0
+
+
+async def test_streamed_pieces_join_without_a_hole_and_with_the_pause_of_each_cut() -> None:
+    """Through a real server (tiny engine): a phrase cut joins with no silence, a comma with the
+    clause pause, a sentence end with the sentence pause; timings say so exactly."""
+    from tests.utils import done_contexts, run_client, run_server
+
+    overrides = {
+        "session.max_buffer_ms": 10_000,
+        "session.max_messages_per_s": 0,
+        "session.max_chars_per_s": 0,
+        "segmenter.first_audio_target_ms": 0,  # a fixed first piece, whatever the engine's speed
+        "segmenter.first_max_chars": 20,
+        "segmenter.pause_clause_ms": 100,
+        "segmenter.pause_sentence_ms": 175,
+    }
+    text = "The quick brown fox jumped over the lazy dog, and then it ran away. It was fast."
+
+    async def script(ws) -> None:
+        await ws.send(orjson_dumps({"type": "session.update", "alignment": True}))
+        for word in text.split(" "):
+            await ws.send(orjson_dumps({"type": "text", "context_id": "c", "text": word + " "}))
+        await ws.send(orjson_dumps({"type": "flush", "context_id": "c", "final": True}))
+
+    async with run_server(overrides) as gw:
+        run = await run_client(f"ws://127.0.0.1:{gw.port}/v1/stream", script, until=done_contexts(1), timeout=120)
+    pieces = run.of_type("alignment")
+    assert [" ".join(w["word"] for w in p["words"]) for p in pieces] == [
+        "The quick brown fox",
+        "jumped over the lazy dog",
+        "and then it ran away",
+        "It was fast",
+    ]
+    gaps = [b["phonemes"][0]["start_ms"] - a["phonemes"][-1]["end_ms"] for a, b in zip(pieces, pieces[1:])]
+    assert gaps == [0.0, 100.0, 175.0]
+    assert pieces[0]["phonemes"][0]["start_ms"] == 0.0  # no lead-in silence before the first word
+    done = run.of_type("context.done")[0]
+    assert done["audio_ms"] == pytest.approx(pieces[-1]["phonemes"][-1]["end_ms"] + 175.0, abs=0.1)
+
+
+def orjson_dumps(message: dict) -> str:
+    import orjson
+
+    return orjson.dumps(message).decode()
