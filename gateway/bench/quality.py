@@ -393,17 +393,48 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--voice-en", default=None)
     parser.add_argument("--voice-ja", default="jf_alpha")
     parser.add_argument("--weights", default="auto", help="engine weights for the whole-by-engine baseline")
-    parser.add_argument("--no-wer", action="store_true", help="skip transcription (no bench extra needed)")
+    parser.add_argument("--no-wer", action="store_true", help="skip transcription (no bench extra needed); --score adds it later")
+    parser.add_argument("--score", type=Path, help="add WER to an earlier run's results (its .json, with the .npz of its audio beside it)")
     parser.add_argument("--no-baseline", action="store_true", help="skip the whole-by-engine baseline")
-    parser.add_argument("--limit", type=int, default=0, help="only the first N sentences")
+    parser.add_argument("--only", default="", help="comma-separated indices into the sentence set (default: all)")
     parser.add_argument("--start-timeout-s", type=float, default=600.0)
     parser.add_argument("--out-dir", type=Path, default=Path("benchmarks/results"))
     return parser
 
 
+def _score(rows: list[dict[str, Any]], audio: dict[str, np.ndarray], args: argparse.Namespace) -> None:
+    """Transcribe each row's audio and the whole-by-engine baseline; add WER to the rows."""
+    from gateway.engines.weights import default_cache_dir
+
+    recognizer = _Recognizer(default_cache_dir())
+    sentences = list({(r["lang"], r["kind"], r["text"]) for r in rows})
+    baseline = {} if args.no_baseline else _baseline_audio(sentences, args.weights, {"en": args.voice_en, "ja": args.voice_ja})
+    for i, r in enumerate(rows):
+        r["transcript"] = recognizer.transcribe(audio[str(i)], r["lang"])
+        r["wer"] = word_error_rate(r["text"], r["transcript"], r["lang"])
+        if r["text"] in baseline:
+            r["baseline_wer"] = word_error_rate(r["text"], recognizer.transcribe(baseline[r["text"]], r["lang"]), r["lang"])
+
+
+def _write(result: dict[str, Any], stem: Path) -> None:
+    stem.with_suffix(".json").write_text(json.dumps(result, indent=2, ensure_ascii=False, default=str))
+    stem.with_suffix(".md").write_text(render_markdown(result))
+    print(render_markdown(result).split("## Per sentence")[0])
+    print(f"wrote {stem}.md")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    sentences = SENTENCES[: args.limit] if args.limit else SENTENCES
+    if args.score:
+        stem = args.score.with_suffix("")
+        result = json.loads(args.score.read_text())
+        with np.load(stem.with_suffix(".npz")) as saved:
+            audio = {k: saved[k].astype(np.float32) / 32767.0 for k in saved.files}
+        _score(result["rows"], audio, args)
+        result["summary"] = summarize(result["rows"])
+        _write(result, stem)
+        return 0
+    sentences = [SENTENCES[int(i)] for i in args.only.split(",")] if args.only else SENTENCES
     proc = None
     url = args.url
     if url is None:
@@ -414,18 +445,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if proc is not None:
             proc.terminate()
             proc.wait(timeout=60)
+    audio = {str(i): r.pop("audio") for i, r in enumerate(rows)}
     if not args.no_wer:
-        from gateway.engines.weights import default_cache_dir
-
-        recognizer = _Recognizer(default_cache_dir())
-        baseline = {} if args.no_baseline else _baseline_audio(sentences, args.weights, {"en": args.voice_en, "ja": args.voice_ja})
-        for r in rows:
-            r["transcript"] = recognizer.transcribe(r["audio"], r["lang"])
-            r["wer"] = word_error_rate(r["text"], r["transcript"], r["lang"])
-            if r["text"] in baseline:
-                r["baseline_wer"] = word_error_rate(r["text"], recognizer.transcribe(baseline[r["text"]], r["lang"]), r["lang"])
-    for r in rows:
-        r.pop("audio", None)
+        _score(rows, audio, args)
     result = {
         "label": args.label,
         "when": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
@@ -436,9 +458,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "rows": rows,
     }
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    stem = f"quality-{args.label}-{socket.gethostname()}-{_dt.datetime.now(_dt.UTC).strftime('%Y%m%d-%H%M')}"
-    (args.out_dir / f"{stem}.json").write_text(json.dumps(result, indent=2, ensure_ascii=False, default=str))
-    (args.out_dir / f"{stem}.md").write_text(render_markdown(result))
-    print(render_markdown(result).split("## Per sentence")[0])
-    print(f"wrote {args.out_dir / stem}.md")
+    stem = args.out_dir / f"quality-{args.label}-{socket.gethostname()}-{_dt.datetime.now(_dt.UTC).strftime('%Y%m%d-%H%M')}"
+    # The audio, as 16-bit PCM, for --score and for listening (not committed: large).
+    np.savez_compressed(stem.with_suffix(".npz"), **{k: np.clip(v * 32767, -32768, 32767).astype(np.int16) for k, v in audio.items()})
+    _write(result, stem)
     return 0
