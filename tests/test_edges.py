@@ -12,20 +12,11 @@ from gateway.audio_join import CutClass, PauseLengths, cut_class, with_pause
 from gateway.config import SegmenterConfig, SessionConfig
 from gateway.engines.base import SAMPLES_PER_FRAME, SynthesisItem, SynthesisResult
 from gateway.engines.edges import EdgeSpan, clamp_edges, edge_span, trim_edges
-from gateway.engines.kokoro import KokoroEngine
 from gateway.session import Session
 from gateway.text.g2p import WordSpan
+from tests.test_kokoro_engine import engine  # noqa: F401 - the tiny-engine fixture
 
 PIECE = "ðə kwˈɪk bɹˈaʊn fˈɑks,"
-
-
-@pytest.fixture(scope="module")
-def engine():
-    previous = torch.get_num_threads()
-    eng = KokoroEngine.tiny(seed=0, device="cpu", num_threads=1, max_batch_size=4)
-    yield eng
-    eng.close()
-    torch.set_num_threads(previous)
 
 
 def test_edge_span_counts_boundary_and_pause_tokens_at_the_trimmed_edges() -> None:
