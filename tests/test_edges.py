@@ -28,8 +28,11 @@ def test_edge_span_counts_boundary_and_pause_tokens_at_the_trimmed_edges() -> No
 
 
 def test_clamp_holds_only_the_edge_tokens_to_one_frame() -> None:
-    durations = torch.tensor([12, 3, 4, 5, 9, 14])
-    assert clamp_edges(durations, EdgeSpan(1, 2)).tolist() == [1, 3, 4, 5, 1, 1]
+    durations = torch.tensor([12, 3, 4, 2, 9, 14])
+    assert clamp_edges(durations, EdgeSpan(1, 2)).tolist() == [1, 3, 4, 2, 1, 1]
+    # Utterance-final lengthening of the last spoken phoneme goes too (to the item's longest other).
+    assert clamp_edges(torch.tensor([12, 3, 4, 22, 9, 14]), EdgeSpan(1, 2)).tolist() == [1, 3, 4, 4, 1, 1]
+    assert clamp_edges(torch.tensor([12, 3, 4, 22, 9, 14]), EdgeSpan(1, 0)).tolist() == [1, 3, 4, 22, 9, 14]
     assert clamp_edges(durations, None).tolist() == durations.tolist()
 
 
@@ -42,6 +45,19 @@ def test_trim_cuts_the_edge_frames_fades_and_keeps_durations_describing_the_audi
     assert out[0] == 0.0 and out[-1] < 0.01 and out[len(out) // 2] == 1.0  # faded in and out
 
 
+def test_trim_also_cuts_quiet_frames_at_the_edges_from_their_tokens_durations() -> None:
+    durations = np.array([1, 4, 3, 4, 1])
+    frame = np.ones(SAMPLES_PER_FRAME, dtype=np.float32)
+    # BOS | 3 quiet + 1 loud | 3 loud | 1 loud + 3 quiet | EOS
+    levels = [0, 0, 0, 0, 1, 1, 1, 1, 1, 0, 0, 0, 0]
+    audio = np.concatenate([frame * level * 0.5 for level in levels])
+    out, kept = trim_edges(audio, durations, EdgeSpan(1, 1))
+    # One quiet frame is kept next to the speech on each side.
+    assert kept.tolist() == [0, 2, 3, 2, 0]
+    assert len(out) == kept.sum() * SAMPLES_PER_FRAME
+    assert np.abs(out[SAMPLES_PER_FRAME : 6 * SAMPLES_PER_FRAME]).min() > 0.0
+
+
 def test_the_engine_skips_edge_silence_for_items_that_continue_speech(engine) -> None:
     voice = engine.voices()[0]
     whole, trimmed = engine.synthesize(
@@ -49,8 +65,9 @@ def test_the_engine_skips_edge_silence_for_items_that_continue_speech(engine) ->
     )
     assert trimmed.durations[0] == 0 and trimmed.durations[-1] == 0 and trimmed.durations[-2] == 0
     assert whole.durations[0] > 0 and whole.durations[-1] > 0
-    # Only the edges change: every spoken token keeps its predicted duration.
-    assert trimmed.durations[1:-2].tolist() == whole.durations[1:-2].tolist()
+    # Only the edges change: no token gets longer, the inner ones keep their predicted duration.
+    assert (trimmed.durations <= whole.durations).all()
+    assert trimmed.durations[4:-5].tolist() == whole.durations[4:-5].tolist()
     assert len(trimmed.audio) == trimmed.durations.sum() * SAMPLES_PER_FRAME < len(whole.audio)
     assert trimmed.extra["edges_trimmed"] == (True, True) and "edges_trimmed" not in whole.extra
 

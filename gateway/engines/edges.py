@@ -27,9 +27,13 @@ from gateway.engines.base import SAMPLES_PER_FRAME
 __all__ = ["NON_SPEECH", "EdgeSpan", "edge_span", "clamp_edges", "trim_edges", "FADE_SAMPLES"]
 
 #: Phoneme characters that carry no speech of their own: Kokoro gives them pause durations.
-NON_SPEECH = frozenset(" ;:,.!?—–…\"()“”«»'-")
+NON_SPEECH = frozenset(" ;:,.!?—–…\"()“”«»'-↓→↗↘")
 #: Fade at a trimmed edge: 5 ms at 24 kHz, short enough to keep the onset, long enough against clicks.
 FADE_SAMPLES = 120
+#: A 25 ms frame this quiet at a trimmed edge is silence the decoder made (its start-up, or the
+#: decay of the last phoneme): cut too, all but ``_QUIET_MARGIN_FRAMES`` next to the speech.
+QUIET_DBFS = -50.0
+_QUIET_MARGIN_FRAMES = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +68,10 @@ def clamp_edges(durations: torch.Tensor, span: EdgeSpan | None, *, keep_frames: 
     Call it where predicted durations become the alignment, so neither the prosody predictor nor the
     decoder generates the silence. One frame is kept per token so the decoder still sees each
     token's features at the seam; ``trim_edges`` removes those frames afterwards.
+
+    Kokoro also puts utterance-final lengthening on the last spoken phoneme (measured: 20-22 frames,
+    ~0.5 s, where the same phoneme inside a sentence gets 2-4), mostly silence. At a trimmed end that
+    phoneme is held to the longest duration of the item's other spoken tokens.
     """
     if not span:
         return durations
@@ -72,6 +80,10 @@ def clamp_edges(durations: torch.Tensor, span: EdgeSpan | None, *, keep_frames: 
         out[: span.lead] = out[: span.lead].clamp(max=keep_frames)
     if span.tail:
         out[-span.tail :] = out[-span.tail :].clamp(max=keep_frames)
+        last = len(out) - span.tail - 1
+        first = max(span.lead, 1)
+        if last > first:
+            out[last] = out[last].clamp(max=out[first:last].max())
     return out
 
 
@@ -81,13 +93,28 @@ def trim_edges(
     """Cut the edge tokens' frames from ``audio`` and fade the new edges; returns (audio, durations).
 
     The cut tokens' durations become 0, so ``len(audio) == durations.sum() * 600`` still holds and
-    timings computed from the durations describe the returned audio exactly.
+    timings computed from the durations describe the returned audio exactly. Quiet frames (under
+    ``QUIET_DBFS``) at a trimmed edge go too, taken from the durations of the tokens they belong to.
     """
     if not span:
         return audio, durations
     durations = np.asarray(durations, dtype=np.int64).copy()
-    start = int(durations[: span.lead].sum()) * SAMPLES_PER_FRAME
-    stop = len(audio) - int(durations[len(durations) - span.tail :].sum()) * SAMPLES_PER_FRAME if span.tail else len(audio)
+    lead_frames = int(durations[: span.lead].sum())
+    durations[: span.lead] = 0
+    if span.tail:
+        durations[len(durations) - span.tail :] = 0
+    middle = int(durations.sum())
+    quiet = _frame_db(audio[lead_frames * SAMPLES_PER_FRAME : (lead_frames + middle) * SAMPLES_PER_FRAME]) < QUIET_DBFS
+    lead_quiet = _run_length(quiet) if span.lead else 0
+    tail_quiet = _run_length(quiet[::-1]) if span.tail else 0
+    if lead_quiet + tail_quiet >= middle:  # all quiet: keep it as it is
+        lead_quiet = tail_quiet = 0
+    lead_quiet = max(0, lead_quiet - _QUIET_MARGIN_FRAMES)
+    tail_quiet = max(0, tail_quiet - _QUIET_MARGIN_FRAMES)
+    _take_frames(durations, lead_quiet, from_end=False)
+    _take_frames(durations, tail_quiet, from_end=True)
+    start = (lead_frames + lead_quiet) * SAMPLES_PER_FRAME
+    stop = (lead_frames + middle - tail_quiet) * SAMPLES_PER_FRAME
     out = np.array(audio[start:stop], dtype=np.float32, copy=True)
     fade = min(fade_samples, len(out) // 2)
     if fade:
@@ -96,7 +123,28 @@ def trim_edges(
             out[:fade] *= ramp
         if span.tail:
             out[len(out) - fade :] *= ramp[::-1]
-    durations[: span.lead] = 0
-    if span.tail:
-        durations[len(durations) - span.tail :] = 0
     return out, durations
+
+
+def _frame_db(audio: np.ndarray) -> np.ndarray:
+    """RMS level of each whole 600-sample frame, in dBFS."""
+    frames = len(audio) // SAMPLES_PER_FRAME
+    x = np.asarray(audio[: frames * SAMPLES_PER_FRAME], dtype=np.float64).reshape(frames, SAMPLES_PER_FRAME)
+    return 20 * np.log10(np.maximum(np.sqrt(np.mean(x * x, axis=1)), 1e-10))
+
+
+def _run_length(flags: np.ndarray) -> int:
+    """How many leading entries of ``flags`` are True."""
+    falses = np.flatnonzero(~flags)
+    return int(falses[0]) if len(falses) else len(flags)
+
+
+def _take_frames(durations: np.ndarray, frames: int, *, from_end: bool) -> None:
+    """Remove ``frames`` from the first (or last) tokens' durations, in place."""
+    order = range(len(durations) - 1, -1, -1) if from_end else range(len(durations))
+    for i in order:
+        if frames <= 0:
+            return
+        take = min(int(durations[i]), frames)
+        durations[i] -= take
+        frames -= take
