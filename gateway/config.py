@@ -309,6 +309,10 @@ def _validate(config: Config) -> None:
         ),
         (config.segmenter.first_min_chars <= config.segmenter.first_max_chars, "segmenter.first_min_chars > first_max_chars"),
         (config.segmenter.min_chars <= config.segmenter.max_chars, "segmenter.min_chars > max_chars"),
+        (
+            min(config.segmenter.first_audio_target_ms, config.segmenter.whole_max_chars, config.segmenter.pause_clause_ms, config.segmenter.pause_sentence_ms) >= 0,
+            "segmenter.first_audio_target_ms, whole_max_chars and pause_*_ms must be >= 0",
+        ),
         (config.scheduler.max_batch_pieces >= 0, "scheduler.max_batch_pieces must be >= 0"),
         (config.scheduler.max_batch_tokens >= 512, "scheduler.max_batch_tokens must be >= 512 (one full piece)"),
         (config.scheduler.max_wait_ms >= 0, "scheduler.max_wait_ms must be >= 0"),

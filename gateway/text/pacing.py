@@ -54,5 +54,5 @@ def make_segmenter(config: SegmenterConfig, seconds_per_token: float, speed: flo
         min_chars=max(config.min_chars, first_max),
         max_chars=max(config.max_chars, first_max),
         growth=growth,
-        whole_max_chars=config.whole_max_chars or None,
+        whole_max_chars=max(config.whole_max_chars, config.first_min_chars) if config.whole_max_chars else None,
     )
