@@ -27,12 +27,11 @@ def test_edge_span_counts_boundary_and_pause_tokens_at_the_trimmed_edges() -> No
     assert not edge_span("...", trim_start=True, trim_end=True)  # nothing spoken: nothing to cut from
 
 
-def test_clamp_holds_only_the_edge_tokens_to_one_frame() -> None:
-    durations = torch.tensor([12, 3, 4, 2, 9, 14])
-    assert clamp_edges(durations, EdgeSpan(1, 2)).tolist() == [1, 3, 4, 2, 1, 1]
-    # Utterance-final lengthening of the last spoken phoneme goes too (to the item's longest other).
-    assert clamp_edges(torch.tensor([12, 3, 4, 22, 9, 14]), EdgeSpan(1, 2)).tolist() == [1, 3, 4, 4, 1, 1]
-    assert clamp_edges(torch.tensor([12, 3, 4, 22, 9, 14]), EdgeSpan(1, 0)).tolist() == [1, 3, 4, 22, 9, 14]
+def test_clamp_holds_the_edge_tokens_to_the_lead_in_and_one_frame() -> None:
+    durations = torch.tensor([12, 3, 4, 22, 9, 14])
+    assert clamp_edges(durations, EdgeSpan(1, 2)).tolist() == [8, 3, 4, 22, 1, 1]
+    assert clamp_edges(durations, EdgeSpan(1, 2), lead_frames=1).tolist() == [1, 3, 4, 22, 1, 1]
+    assert clamp_edges(durations, EdgeSpan(0, 1)).tolist() == [12, 3, 4, 22, 9, 1]
     assert clamp_edges(durations, None).tolist() == durations.tolist()
 
 

@@ -62,28 +62,32 @@ def edge_span(phonemes: str, *, trim_start: bool, trim_end: bool) -> EdgeSpan:
     return EdgeSpan(lead, tail)
 
 
-def clamp_edges(durations: torch.Tensor, span: EdgeSpan | None, *, keep_frames: int = 1) -> torch.Tensor:
-    """``durations`` (one item, ``[BOS, *phonemes, EOS]``) with the edge tokens held to ``keep_frames``.
+#: Frames kept on the leading edge tokens: the decoder needs ~200 ms of lead-in to render the
+#: first phonemes (measured with the real weights: with 1-3 frames "the" came out silent and
+#: Whisper lost the first word of most pieces; with 8 it is as loud as with the full ~12-14).
+LEAD_KEEP_FRAMES = 8
+#: Frames kept on the trailing edge tokens: one is enough (measured), the rest was silence.
+TAIL_KEEP_FRAMES = 1
+
+
+def clamp_edges(
+    durations: torch.Tensor, span: EdgeSpan | None, *, lead_frames: int = LEAD_KEEP_FRAMES, tail_frames: int = TAIL_KEEP_FRAMES
+) -> torch.Tensor:
+    """``durations`` (one item, ``[BOS, *phonemes, EOS]``) with the edge tokens held short.
 
     Call it where predicted durations become the alignment, so neither the prosody predictor nor the
-    decoder generates the silence. One frame is kept per token so the decoder still sees each
-    token's features at the seam; ``trim_edges`` removes those frames afterwards.
-
-    Kokoro also puts utterance-final lengthening on the last spoken phoneme (measured: 20-22 frames,
-    ~0.5 s, where the same phoneme inside a sentence gets 2-4), mostly silence. At a trimmed end that
-    phoneme is held to the longest duration of the item's other spoken tokens.
+    decoder generates the silence. The leading tokens keep the lead-in the decoder needs, the
+    trailing ones one frame each; ``trim_edges`` removes what stays quiet afterwards. The last spoken
+    phoneme keeps its predicted (utterance-final, often ~0.5 s) duration: held shorter, the decoder
+    rendered it too quietly to hear; its silent part is trimmed from the audio instead.
     """
     if not span:
         return durations
     out = durations.clone()
     if span.lead:
-        out[: span.lead] = out[: span.lead].clamp(max=keep_frames)
+        out[: span.lead] = out[: span.lead].clamp(max=lead_frames)
     if span.tail:
-        out[-span.tail :] = out[-span.tail :].clamp(max=keep_frames)
-        last = len(out) - span.tail - 1
-        first = max(span.lead, 1)
-        if last > first:
-            out[last] = out[last].clamp(max=out[first:last].max())
+        out[-span.tail :] = out[-span.tail :].clamp(max=tail_frames)
     return out
 
 
