@@ -29,7 +29,8 @@ def test_edge_span_counts_boundary_and_pause_tokens_at_the_trimmed_edges() -> No
 
 def test_clamp_holds_the_edge_tokens_to_the_lead_in_and_one_frame() -> None:
     durations = torch.tensor([12, 3, 4, 22, 9, 14])
-    assert clamp_edges(durations, EdgeSpan(1, 2)).tolist() == [8, 3, 4, 22, 1, 1]
+    assert clamp_edges(durations, EdgeSpan(1, 2)).tolist() == [12, 3, 4, 22, 1, 1]
+    assert clamp_edges(torch.tensor([30, 3, 4, 22, 9, 14]), EdgeSpan(1, 2)).tolist() == [12, 3, 4, 22, 1, 1]
     assert clamp_edges(durations, EdgeSpan(1, 2), lead_frames=1).tolist() == [1, 3, 4, 22, 1, 1]
     assert clamp_edges(durations, EdgeSpan(0, 1)).tolist() == [12, 3, 4, 22, 9, 1]
     assert clamp_edges(durations, None).tolist() == durations.tolist()
@@ -51,10 +52,10 @@ def test_trim_also_cuts_quiet_frames_at_the_edges_from_their_tokens_durations() 
     levels = [0, 0, 0, 0, 1, 1, 1, 1, 1, 0, 0, 0, 0]
     audio = np.concatenate([frame * level * 0.5 for level in levels])
     out, kept = trim_edges(audio, durations, EdgeSpan(1, 1))
-    # One quiet frame is kept next to the speech on each side.
-    assert kept.tolist() == [0, 2, 3, 2, 0]
+    # Two quiet frames are kept before the speech, one after.
+    assert kept.tolist() == [0, 3, 3, 2, 0]
     assert len(out) == kept.sum() * SAMPLES_PER_FRAME
-    assert np.abs(out[SAMPLES_PER_FRAME : 6 * SAMPLES_PER_FRAME]).min() > 0.0
+    assert np.abs(out[2 * SAMPLES_PER_FRAME : 7 * SAMPLES_PER_FRAME]).min() > 0.0
 
 
 def test_the_engine_skips_edge_silence_for_items_that_continue_speech(engine) -> None:

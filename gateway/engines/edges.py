@@ -34,6 +34,8 @@ FADE_SAMPLES = 120
 #: decay of the last phoneme): cut too, all but ``_QUIET_MARGIN_FRAMES`` next to the speech.
 QUIET_DBFS = -50.0
 _QUIET_MARGIN_FRAMES = 1
+#: Before the speech a little more is kept: soft onsets (f, h, th) start under the threshold.
+_LEAD_MARGIN_FRAMES = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,10 +64,11 @@ def edge_span(phonemes: str, *, trim_start: bool, trim_end: bool) -> EdgeSpan:
     return EdgeSpan(lead, tail)
 
 
-#: Frames kept on the leading edge tokens: the decoder needs ~200 ms of lead-in to render the
-#: first phonemes (measured with the real weights: with 1-3 frames "the" came out silent and
-#: Whisper lost the first word of most pieces; with 8 it is as loud as with the full ~12-14).
-LEAD_KEEP_FRAMES = 8
+#: Frames kept on the leading edge tokens: the decoder needs its lead-in to render the first
+#: phonemes (measured with the real weights: with 1-3 frames "the" came out silent; with 8 it is
+#: close to the predicted ~12-14 but Whisper still lost onsets), so BOS keeps up to 12 (~its
+#: prediction) and only the quiet part is trimmed from the audio.
+LEAD_KEEP_FRAMES = 12
 #: Frames kept on the trailing edge tokens: one is enough (measured), the rest was silence.
 TAIL_KEEP_FRAMES = 1
 
@@ -113,7 +116,7 @@ def trim_edges(
     tail_quiet = _run_length(quiet[::-1]) if span.tail else 0
     if lead_quiet + tail_quiet >= middle:  # all quiet: keep it as it is
         lead_quiet = tail_quiet = 0
-    lead_quiet = max(0, lead_quiet - _QUIET_MARGIN_FRAMES)
+    lead_quiet = max(0, lead_quiet - _LEAD_MARGIN_FRAMES)
     tail_quiet = max(0, tail_quiet - _QUIET_MARGIN_FRAMES)
     _take_frames(durations, lead_quiet, from_end=False)
     _take_frames(durations, tail_quiet, from_end=True)
