@@ -4,9 +4,10 @@ Kokoro speaks each item as a whole utterance: the boundary token before the spee
 ~0.30 s, and the end token (EOS) plus trailing punctuation up to ~0.6 s. Between two pieces of one
 sentence that makes a ~1 s hole, and the decoder spends its compute generating it. So, for items
 that ask for it (``SynthesisItem.trim_start`` / ``trim_end``), the durations of the non-speech
-tokens at the edges are clamped to one frame *before* the alignment is built (the decoder then makes
-one frame instead of a dozen), and after decoding those remaining frames are cut from the audio with
-a few-ms fade against clicks. Durations of cut tokens become 0, so ``len(audio) ==
+tokens at the edges are clamped *before* the alignment is built (trailing ones to one frame; the
+leading ones to the lead-in the decoder needs to render the first phonemes), and after decoding
+the edge frames, and the frames at a trimmed edge that stay quiet, are cut from the audio with a
+few-ms fade against clicks. Cut frames are taken from their tokens' durations, so ``len(audio) ==
 durations.sum() * 600`` still holds and word/phoneme timings computed from them stay exact.
 
 The pause a speaker makes at the cut is not the engine's business: the session adds it
