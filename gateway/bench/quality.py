@@ -179,6 +179,10 @@ class _Recognizer:
         x = np.asarray(audio, dtype=np.float32)
         t16 = np.arange(0, len(x) / RATE, 1 / 16_000)
         x16 = np.interp(t16, np.arange(len(x)) / RATE, x).astype(np.float32)
+        # Whisper drops a first word that starts at sample 0 (it did on Kokoro's own untrimmed audio
+        # only when we cut its lead-in): every clip, baseline included, gets 0.3 s of silence around it.
+        pad = np.zeros(int(0.3 * 16_000), dtype=np.float32)
+        x16 = np.concatenate([pad, x16, pad])
         segments, _ = self.model.transcribe(x16, language=lang, beam_size=1, temperature=0.0, vad_filter=False)
         return "".join(s.text for s in segments).strip()
 

@@ -38,8 +38,8 @@ def paced_limits(config: SegmenterConfig, seconds_per_token: float, speed: float
     if seconds_per_token <= 0 or config.first_audio_target_ms <= 0:
         return config.first_max_chars, config.growth
     first = int(config.first_audio_target_ms / 1000 / seconds_per_token)
-    # Never under ~4 English words: shorter pieces lost words to the recognizer (bench quality).
-    low = min(config.max_chars, 3 * config.first_min_chars)
+    # Never under ~3 English words (2 x first_min_chars): a piece needs some context for prosody.
+    low = min(config.max_chars, 2 * config.first_min_chars)
     first = max(low, min(config.max_chars, first))
     rtf = seconds_per_token * max(speed, 1e-3) / AUDIO_SECONDS_PER_UNIT
     growth = max(1.5, min(_MAX_GROWTH, _GROWTH_MARGIN / rtf))
