@@ -138,6 +138,16 @@ class SegmenterConfig:
     min_chars: int = 80
     max_chars: int = 250
     growth: float = 2.0
+    #: Target time to first audio: the first piece is as long as the engine can synthesize in this
+    #: time at its measured speed (``gateway.text.pacing``); 0 keeps first_max_chars and growth.
+    first_audio_target_ms: float = 600.0
+    #: After a piece that ends a sentence, pieces are whole sentences up to this many units; 0: off.
+    whole_max_chars: int = 400
+    #: Skip the engine's silence at piece edges and join pieces with a pause by punctuation
+    #: (``gateway.engines.edges``, ``gateway.audio_join``); the lengths are docs/pauses.md's.
+    trim_edges: bool = True
+    pause_clause_ms: float = 100.0
+    pause_sentence_ms: float = 175.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -432,6 +442,10 @@ def _validate(config: Config) -> None:
         ),
         (config.segmenter.first_min_chars <= config.segmenter.first_max_chars, "segmenter.first_min_chars > first_max_chars"),
         (config.segmenter.min_chars <= config.segmenter.max_chars, "segmenter.min_chars > max_chars"),
+        (
+            min(config.segmenter.first_audio_target_ms, config.segmenter.whole_max_chars, config.segmenter.pause_clause_ms, config.segmenter.pause_sentence_ms) >= 0,
+            "segmenter.first_audio_target_ms, whole_max_chars and pause_*_ms must be >= 0",
+        ),
         (config.scheduler.max_batch_pieces >= 0, "scheduler.max_batch_pieces must be >= 0"),
         (config.scheduler.max_batch_tokens >= 512, "scheduler.max_batch_tokens must be >= 512 (one full piece)"),
         (config.scheduler.max_wait_ms >= 0, "scheduler.max_wait_ms must be >= 0"),

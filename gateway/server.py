@@ -365,6 +365,7 @@ class Gateway:
                 langs=self._langs,
                 now=loop.time(),
                 resume_token=secrets.token_urlsafe(32) if self.config.session.resume_grace_s > 0 else "",
+                pace=self._seconds_per_token,
             )
             rt = _Runtime(session=session, ws=ws, auth_digest=auth_digest)
             self._runtimes[session.session_id] = rt
@@ -634,6 +635,9 @@ class Gateway:
         self._pump(rt)
         self._wake.set()
 
+    def _seconds_per_token(self) -> float:
+        return self.scheduler.seconds_per_token if self.scheduler is not None else 0.0
+
     def _update_queue_depth(self) -> None:
         if self.scheduler is not None:
             self.metrics.queue_depth.set(self.scheduler.num_queued)
@@ -684,9 +688,17 @@ class Gateway:
         sent_at = loop.time()
         # Only an engine that schedules remotely (Ray Serve replicas) needs the ordering facts.
         remote = self.engine is not None and self.engine.schedules_remotely
+        trim = self.config.segmenter.trim_edges
         items = [
             SynthesisItem(
-                phonemes=p.phonemes, voice=p.voice, speed=p.speed, seed=p.seed, text=p.text, hints=_schedule_hints(p, sent_at) if remote else None
+                phonemes=p.phonemes,
+                voice=p.voice,
+                speed=p.speed,
+                seed=p.seed,
+                text=p.text,
+                hints=_schedule_hints(p, sent_at) if remote else None,
+                trim_start=trim,
+                trim_end=trim,
             )
             for p in batch.pieces
         ]

@@ -29,6 +29,7 @@ import numpy as np
 
 from gateway.alignment import piece_alignment
 from gateway.audio import ULAW_RATE, ContextEncoder
+from gateway.audio_join import PauseLengths, with_pause
 from gateway.codecs import check_packet_format
 from gateway.config import SegmenterConfig, SessionConfig
 from gateway.engines.base import SAMPLE_RATE, SynthesisResult
@@ -48,6 +49,7 @@ from gateway.protocol import (
     encode_audio_frame,
     parse_client_message,
 )
+from gateway.text.pacing import make_segmenter
 from gateway.text.segmenter import Segmenter
 
 __all__ = ["SessionState", "ContextState", "Settings", "Context", "PieceRequest", "Session"]
@@ -183,6 +185,7 @@ class Session:
         langs: Sequence[str],
         now: float,
         resume_token: str = "",
+        pace: Callable[[], float] | None = None,
     ) -> None:
         if not voices:
             raise ValueError("a session needs at least one voice")
@@ -193,6 +196,9 @@ class Session:
         self.log_tag = session_id[:8]
         self.config = config
         self.segmenter_config = segmenter_config
+        #: The engine's measured seconds of compute per phoneme token (0 until known): sizes pieces.
+        self._pace = pace or (lambda: 0.0)
+        self._pauses = PauseLengths(0.0, segmenter_config.pause_clause_ms, segmenter_config.pause_sentence_ms)
         self.voices = list(voices)
         self.langs = list(langs)
         self.state = SessionState.OPEN
@@ -590,13 +596,7 @@ class Session:
             settings=settings,
             priority=message.priority or 0,
             ttl_ms=message.ttl_ms,
-            segmenter=Segmenter(
-                first_min_chars=seg.first_min_chars,
-                first_max_chars=seg.first_max_chars,
-                min_chars=seg.min_chars,
-                max_chars=seg.max_chars,
-                growth=seg.growth,
-            ),
+            segmenter=make_segmenter(seg, self._pace(), settings.speed),
             encoder=ContextEncoder(
                 audio_format=settings.format,
                 sample_rate=settings.sample_rate,
@@ -678,6 +678,7 @@ class Session:
             self._finish_context(context, ContextState.DONE, now)
 
     def _emit_audio(self, context: Context, result: SynthesisResult, now: float) -> None:
+        result = with_pause(result, self._pauses)
         if context.settings.alignment:
             words = result.extra.get("words", ())
             offset_ms = context.source_samples * 1000.0 / SAMPLE_RATE

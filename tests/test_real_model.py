@@ -102,3 +102,20 @@ async def test_the_default_server_path_delivers_real_speech_to_a_websocket_clien
     audio = audio_of(run, "pcm_s16le")
     assert len(audio) / SAMPLE_RATE > 1.0
     assert_is_speech(audio)
+
+
+def test_two_pieces_of_one_sentence_join_without_the_boundary_silence(engine: Any) -> None:
+    """Issue 12 with real weights: Kokoro's edge silence (~1 s at a cut) is gone when the pieces
+    continue each other, and the joined pieces are still speech."""
+    from gateway.audio_join import PauseLengths, with_pause
+    from gateway.bench.quality import longest_inner_silence_ms
+    from gateway.text.g2p import G2P
+
+    g2p = G2P("en", vocab=engine.vocab or None)
+    pieces = [g2p.phonemize(text)[0].phonemes for text in ("The quick brown fox", "jumped over the lazy dog.")]
+    plain = engine.synthesize([SynthesisItem(p, "jf_alpha", seed=0) for p in pieces])
+    trimmed = engine.synthesize([SynthesisItem(p, "jf_alpha", seed=0, trim_start=True, trim_end=True) for p in pieces])
+    joined = np.concatenate([with_pause(r, PauseLengths()).audio for r in trimmed])
+    assert longest_inner_silence_ms(np.concatenate([r.audio for r in plain])) > 500
+    assert longest_inner_silence_ms(joined) <= 250
+    assert_is_speech(joined)

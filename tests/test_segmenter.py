@@ -301,3 +301,62 @@ def test_any_fragmentation_of_the_same_text_gives_the_same_pieces(
 @given(text=_TEXTS)
 def test_feeding_character_by_character_gives_the_same_pieces(text: str) -> None:
     assert segment(text, list(text)) == segment(text)
+
+
+# -- phrase rules, whole sentences, pacing (issue 12) -------------------------------------------
+
+
+def test_an_over_long_piece_is_cut_before_a_phrase_never_after_a_determiner_or_preposition() -> None:
+    from gateway.text.phrases import BAD, PHRASE, boundary_score
+
+    text = "We climbed the narrow stairs to the top of the tower and looked out over the city."
+    for limit in range(16, 40):
+        first = segment(text, first_max_chars=limit)[0]
+        last_word = first.split()[-1].lower()
+        assert last_word not in {"the", "to", "of", "over", "and"}, (limit, first)
+    # With room for it, the cut falls right before a phrase starter.
+    assert segment(text, first_max_chars=32)[0] == "We climbed the narrow stairs"
+    assert boundary_score(text, text.index(" narrow")) == BAD
+    assert boundary_score(text, text.index(" to the")) == PHRASE
+
+
+def test_unspaced_japanese_prefers_a_cut_after_a_particle() -> None:
+    text = "今日は天気がとても良いので公園まで歩いて行きましょう。明日も来ます。"
+    first = segment(text, first_max_chars=20)[0]
+    assert first[-1] in "はがをにでへとも", first
+
+
+def test_sentences_after_the_first_are_spoken_whole() -> None:
+    long_sentence = "Then we walked along the river for a long time, talking about the old days, until it was dark. "
+    text = "The quick brown fox jumped over the lazy dog near the old stone bridge. " + long_sentence * 2
+    slow = {"first_max_chars": 20, "min_chars": 20, "max_chars": 40, "growth": 1.0}
+    pieces = segment(text, **slow, whole_max_chars=400)
+    assert pieces[0] == "The quick brown fox"
+    assert pieces[-2:] == [long_sentence.strip()] * 2
+    # Without the whole-sentence rule the growth limits cut them.
+    assert long_sentence.strip() not in segment(text, **slow)
+
+
+@settings(max_examples=200, deadline=None)
+@given(text=_TEXTS, cuts=st.lists(st.integers(0, 200), max_size=12))
+def test_whole_sentence_pieces_do_not_depend_on_fragmentation(text: str, cuts: list[int]) -> None:
+    options = {"first_min_chars": 4, "first_max_chars": 16, "min_chars": 20, "max_chars": 40, "whole_max_chars": 60}
+    assert segment(text, fragment(text, [c for c in cuts if c < len(text)]), **options) == segment(text, **options)
+
+
+def test_the_first_piece_is_sized_by_the_latency_target_and_the_engines_speed() -> None:
+    from gateway.config import SegmenterConfig
+    from gateway.text.pacing import make_segmenter, paced_limits
+
+    config = SegmenterConfig(first_audio_target_ms=600)
+    slow_cpu, _ = paced_limits(config, seconds_per_token=0.03)
+    fast_gpu, gpu_growth = paced_limits(config, seconds_per_token=0.002)
+    assert slow_cpu == 20 and fast_gpu == config.max_chars and gpu_growth > 10
+    assert paced_limits(config, seconds_per_token=0.0) == (config.first_max_chars, config.growth)  # not measured yet
+    assert paced_limits(SegmenterConfig(first_audio_target_ms=0), 0.035) == (config.first_max_chars, config.growth)
+    # Later pieces grow by what the engine can make while the audio ahead plays (1 / RTF, with margin).
+    _, cpu_growth = paced_limits(config, seconds_per_token=0.0375)  # RTF 0.5
+    assert cpu_growth == pytest.approx(1.6)
+    text = "The quick brown fox jumped over the lazy dog near the old stone bridge."
+    assert make_segmenter(config, 0.03).feed(text + " And")[0] == "The quick brown fox"
+    assert make_segmenter(config, 0.002).feed(text + " And") == [text]

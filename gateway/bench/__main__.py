@@ -18,6 +18,7 @@ BENCHMARKS: dict[str, str] = {
     "npc": "gateway.bench.npc",
     "attack": "gateway.bench.attack",
     "gpu-check": "gateway.bench.gpucheck",
+    "quality": "gateway.bench.quality",
 }
 
 

@@ -314,6 +314,7 @@ async def _client_session(index: int, url: str, spec: dict[str, Any], t0: float,
                     if ctx["first_frame"] is None:
                         ctx["first_frame"] = now
                     ctx["frames"].append((now, header.sample_offset, len(payload) // bytes_per_sample))
+                    ctx["pcm"].append(payload)
                     continue
                 message = orjson.loads(raw)
                 kind = message.get("type")
@@ -339,6 +340,7 @@ async def _client_session(index: int, url: str, spec: dict[str, Any], t0: float,
                 cid = f"s{index}t{number}"
                 ctx = contexts[cid] = {
                     "frames": [],
+                    "pcm": [],
                     "first_frame": None,
                     "done_at": None,
                     "done": asyncio.Event(),
@@ -385,11 +387,22 @@ async def _client_session(index: int, url: str, spec: dict[str, Any], t0: float,
                 "audio_s": played["audio_s"],
                 "underruns": played["underruns"],
                 "underrun_s": played["underrun_s"],
+                "longest_pause_ms": _longest_pause_ms(ctx["pcm"]),
             }
         )
     if errors:
         records.append({"session": index, "errors": errors})
     return records
+
+
+def _longest_pause_ms(pcm: list[bytes]) -> float:
+    """Longest silence inside a turn's audio (``bench quality``'s measure: 20 ms frames under -45 dBFS)."""
+    import numpy as np
+
+    from gateway.bench.quality import longest_inner_silence_ms
+
+    samples = np.frombuffer(b"".join(pcm), dtype="<i2").astype(np.float32) / 32768.0
+    return longest_inner_silence_ms(samples, SAMPLE_RATE)
 
 
 async def run_clients(spec: dict[str, Any]) -> dict[str, Any]:
@@ -695,6 +708,7 @@ def _summarize(clients: dict[str, Any], args: argparse.Namespace) -> dict[str, A
         "errors": sorted(set(errors)),
         "ttfa_ms": {f"p{q}": percentile(ttfa, q) for q in (50, 95, 99)},
         "ttfa_piece_ms": {f"p{q}": percentile(ttfa_piece, q) for q in (50, 95, 99)},
+        "longest_pause_ms": {q: percentile([r["longest_pause_ms"] for r in contexts], v) for q, v in (("p50", 50), ("max", 100))},
         "underruns": underruns,
         "underrun_s": underrun_s,
         "audio_s": audio,
@@ -927,6 +941,8 @@ TABLE_COLUMNS = [
     "TTFA p99",
     "piece p50",
     "piece p95",
+    "longest pause p50",
+    "longest pause max",
     "underruns",
     "underrun s",
     "audio-s/s",
@@ -970,6 +986,8 @@ def render_table(result: dict[str, Any]) -> str:
                 _fmt_ms(cell["ttfa_ms"]["p99"]),
                 _fmt_ms(cell["ttfa_piece_ms"]["p50"]),
                 _fmt_ms(cell["ttfa_piece_ms"]["p95"]),
+                _fmt_ms(cell.get("longest_pause_ms", {}).get("p50")),
+                _fmt_ms(cell.get("longest_pause_ms", {}).get("max")),
                 str(cell["underruns"]),
                 _fmt(cell["underrun_s"]),
                 _fmt(cell["audio_per_s"]),

@@ -77,6 +77,11 @@ class SynthesisItem:
     text: str = ""
     #: Ordering facts for engines that schedule remotely; not part of ``default_seed``.
     hints: ScheduleHints | None = None
+    #: The item continues speech before / after it (a piece cut from a longer text): engines that
+    #: can, skip the silence they would put at that edge (``gateway.engines.edges``) and say so in
+    #: ``SynthesisResult.extra["edges_trimmed"]``; others ignore it. Not part of ``default_seed``.
+    trim_start: bool = False
+    trim_end: bool = False
 
     def effective_seed(self) -> int:
         if self.seed is not None:

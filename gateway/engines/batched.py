@@ -57,6 +57,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from gateway.engines.edges import EdgeSpan, clamp_edges_batch
 from gateway.engines.source_noise import GeneratorNoise, SourceNoise
 
 __all__ = ["BatchedAudio", "BatchedOutput", "batched_forward", "source_phase"]
@@ -487,10 +488,20 @@ def _alignment(durations: torch.Tensor) -> tuple[_Span, torch.Tensor]:
 
 
 def _durations_and_prosody(
-    model: nn.Module, tokens: _Tokens, s_pred: torch.Tensor, speeds: torch.Tensor
+    model: nn.Module,
+    tokens: _Tokens,
+    s_pred: torch.Tensor,
+    speeds: torch.Tensor,
+    edges: Sequence[EdgeSpan | None] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, _Span, torch.Tensor, _Span]:
-    """Durations, F0 and N of the whole batch at once: ``(B, T)``, ``(B, H)``, ``(B, H)``, padded."""
+    """Durations, F0 and N of the whole batch at once: ``(B, T)``, ``(B, H)``, ``(B, H)``, padded.
+
+    ``edges[b]`` holds item b's edge tokens short (``gateway.engines.edges``) before the alignment,
+    so neither the prosody predictor nor the decoder generates that silence.
+    """
     durations, d = _predict_durations(model, tokens, s_pred, speeds)
+    if edges is not None and any(edges):
+        durations = clamp_edges_batch(durations, tokens.span.lengths, edges)
     frames, index = _alignment(durations)
     en = _expand(d.transpose(-1, -2), index, frames)
     # F0/N come out at twice the frame rate (the upsampling AdainResBlk1d).
@@ -501,7 +512,11 @@ def _durations_and_prosody(
 
 
 def _prosody_per_item(
-    model: nn.Module, tokens: _Tokens, s_pred: torch.Tensor, speeds: torch.Tensor
+    model: nn.Module,
+    tokens: _Tokens,
+    s_pred: torch.Tensor,
+    speeds: torch.Tensor,
+    edges: Sequence[EdgeSpan | None] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``_durations_and_prosody`` one item at a time, padded into a batch: F0 bit-identical to solo.
 
@@ -512,7 +527,9 @@ def _prosody_per_item(
     curves: list[tuple[torch.Tensor, torch.Tensor]] = []
     for b, n in enumerate(tokens.span.lengths):
         one = _pad_tokens([tokens.input_ids[b, :n]], s_pred.device)
-        dur, f0, n_curve, *_ = _durations_and_prosody(model, one, s_pred[b : b + 1], speeds[b : b + 1])
+        dur, f0, n_curve, *_ = _durations_and_prosody(
+            model, one, s_pred[b : b + 1], speeds[b : b + 1], edges[b : b + 1] if edges is not None else None
+        )
         durations[b, :n] = dur[0]
         curves.append((f0[0], n_curve[0]))
     width = max(f0.shape[0] for f0, _ in curves)
@@ -553,6 +570,7 @@ def batched_forward(
     noise: SourceNoise | Sequence[torch.Generator],
     *,
     per_item_prosody: bool = False,
+    edges: Sequence[EdgeSpan | None] | None = None,
 ) -> BatchedAudio:
     """Synthesize a batch; item ``b``'s output depends only on item ``b``'s inputs.
 
@@ -569,12 +587,15 @@ def batched_forward(
     batch: the number of tensor ops does not depend on the number of items. ``True`` runs that
     part one item at a time, so durations and F0 are bit-identical to a solo run and voiced audio
     matches it at ~1e-6; it costs a few hundred ops per item (see the module docstring).
+    ``edges[b]`` holds item b's edge tokens short (``gateway.engines.edges``).
     """
     if not isinstance(noise, SourceNoise):
         noise = GeneratorNoise(noise)
     num_items = len(token_ids)
     if not (num_items == len(speeds) == len(noise) == ref_s.shape[0]) or num_items == 0:
         raise ValueError("token_ids, ref_s, speeds and noise must have the same non-zero length")
+    if edges is not None and len(edges) != num_items:
+        raise ValueError("edges must have one entry per item")
     if model.training:
         raise ValueError("model must be in eval mode (dropout would randomise the output)")
     if any(not speed > 0 for speed in speeds):
@@ -589,11 +610,13 @@ def batched_forward(
     s_dec, s_pred = ref_s[:, :style_dim], ref_s[:, style_dim:]
     speeds_t = torch.tensor([float(speed) for speed in speeds], dtype=torch.float32, device=device)
     if per_item_prosody:
-        durations, f0_pred, n_pred = _prosody_per_item(model, tokens, s_pred, speeds_t)
+        durations, f0_pred, n_pred = _prosody_per_item(model, tokens, s_pred, speeds_t, edges)
         frames, index = _alignment(durations)
         halves = _Span([_conv_t_len(model.predictor.F0[1].pool, n) for n in frames.lengths], device)
     else:
-        durations, f0_pred, n_pred, frames, index, halves = _durations_and_prosody(model, tokens, s_pred, speeds_t)
+        durations, f0_pred, n_pred, frames, index, halves = _durations_and_prosody(
+            model, tokens, s_pred, speeds_t, edges
+        )
     t_en = model.text_encoder(tokens.input_ids, tokens.lengths_cpu, tokens.text_mask)
     asr = _expand(t_en, index, frames)
     audio, num_samples = _decoder(model.decoder, asr, f0_pred, n_pred, s_dec, frames, halves, noise)

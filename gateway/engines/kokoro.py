@@ -24,6 +24,7 @@ import torch
 
 from gateway.engines.base import MAX_PHONEMES, Engine, EngineError, SynthesisItem, SynthesisResult
 from gateway.engines.batched import batched_forward
+from gateway.engines.edges import edge_span, trim_edges
 from gateway.engines.source_noise import HashNoise
 
 __all__ = ["KokoroEngine", "DType", "resolve_device", "device_name"]
@@ -193,10 +194,11 @@ class KokoroEngine(Engine):
             spoken.append(kept)
         rows = torch.tensor(voice_rows, dtype=torch.long, device=self.device)
         ref_s = self._packs[rows[:, 0], rows[:, 1], 0]
+        edges = [edge_span(kept, trim_start=item.trim_start, trim_end=item.trim_end) for item, kept in zip(items, spoken)]
         try:
             with self._autocast():
                 out = batched_forward(
-                    self.model, token_ids, ref_s, speeds, HashNoise(seeds), per_item_prosody=self.per_item_prosody
+                    self.model, token_ids, ref_s, speeds, HashNoise(seeds), per_item_prosody=self.per_item_prosody, edges=edges
                 )
         except ValueError as exc:
             raise EngineError(str(exc)) from exc
@@ -204,15 +206,15 @@ class KokoroEngine(Engine):
         audio = out.audio.float().cpu().numpy()
         durations = out.durations.numpy().astype(np.int64, copy=False)
         results = []
-        for b, (kept, seed) in enumerate(zip(spoken, seeds)):
-            results.append(
-                SynthesisResult(
-                    audio=audio[b, : out.num_samples[b]].copy(),
-                    durations=durations[b, : out.num_tokens[b]].copy(),
-                    phonemes=kept,
-                    extra={"seed": seed},
-                )
+        for b, (kept, seed, span) in enumerate(zip(spoken, seeds, edges)):
+            # Copies, so each result owns its memory (not a view into the whole batch's array).
+            audio_b, durations_b = trim_edges(
+                audio[b, : out.num_samples[b]].copy(), durations[b, : out.num_tokens[b]].copy(), span
             )
+            extra: dict[str, object] = {"seed": seed}
+            if span:
+                extra["edges_trimmed"] = (span.lead > 0, span.tail > 0)
+            results.append(SynthesisResult(audio=audio_b, durations=durations_b, phonemes=kept, extra=extra))
         return results
 
     def warmup(self) -> None:

@@ -35,6 +35,8 @@ import unicodedata
 from dataclasses import dataclass
 from functools import lru_cache
 
+from gateway.text.phrases import BAD, boundary_score
+
 __all__ = ["Segmenter", "text_units"]
 
 # Sentence-ending marks that need a following space (so "3.5", "U.S.A", ".com" are not cut).
@@ -65,6 +67,12 @@ _ABBREVIATIONS = frozenset(
 _WAIT = -1  # the decision needs text that has not arrived yet
 _TAKE_ALL = -2  # final: no cut is possible any more, the rest is one piece
 _REJECT = -3  # not a cut; keep scanning
+
+
+def _ends_sentence(piece: str) -> bool:
+    """Whether ``piece`` ends with a sentence mark (closing quotes and brackets aside)."""
+    end = piece.rstrip("".join(_CLOSERS))
+    return bool(end) and (end[-1] in _SENTENCE_MARKS or end[-1] in _CJK_SENTENCE_MARKS)
 
 
 @lru_cache(maxsize=4096)
@@ -108,6 +116,16 @@ class Segmenter:
       250... so each piece can be synthesized while the ones before it play, even at real-time
       factor 0.5. Use a large value to jump straight to ``max_chars`` (fast engines).
     - ``cjk_weight`` (3): units per wide character.
+    - ``whole_max_chars`` (None): once a piece has ended a sentence, the following pieces are whole
+      sentences up to this many units (no clause or growth cuts): the first sentence is cut for a
+      fast first audio, the ones after it are spoken whole, with their own prosody. None keeps the
+      growth limits for every piece.
+
+    When a piece must end before its sentence does (over its limit), the cut goes to the best word
+    boundary within the limit by ``gateway.text.phrases``: after a clause mark, then before a
+    phrase starter ("jumped | over the dog"), then any boundary that does not follow a determiner,
+    preposition or auxiliary; among equals, the longest piece (only boundaries in the second half
+    of the limit compete, unless there are none).
 
     Call ``feed()`` for each fragment and send what it returns; call ``flush()`` at the end of the
     input or when the buffer timer fires. A new turn that wants a short first piece again needs a
@@ -123,6 +141,7 @@ class Segmenter:
         max_chars: int = 250,
         growth: float = 2.0,
         cjk_weight: int = 3,
+        whole_max_chars: int | None = None,
     ) -> None:
         if not 0 < first_min_chars <= first_max_chars <= max_chars:
             raise ValueError("need 0 < first_min_chars <= first_max_chars <= max_chars")
@@ -132,12 +151,17 @@ class Segmenter:
             raise ValueError("growth must be >= 1")
         if cjk_weight < 1:
             raise ValueError("cjk_weight must be >= 1")
+        if whole_max_chars is not None and whole_max_chars < first_min_chars:
+            raise ValueError("need whole_max_chars >= first_min_chars")
         self.first_min_chars = first_min_chars
         self.first_max_chars = first_max_chars
         self.min_chars = min_chars
         self.max_chars = max_chars
         self.growth = growth
         self.cjk_weight = cjk_weight
+        self.whole_max_chars = whole_max_chars
+        #: Whether a piece has ended a sentence (then, with ``whole_max_chars``, pieces are sentences).
+        self.sentence_done = False
         self._text = ""
         #: Pieces handed out so far (the first one is short, later ones grow).
         self.num_pieces = 0
@@ -177,6 +201,7 @@ class Segmenter:
         if any(c.isalnum() for c in rest):
             pieces.append(rest)
             self.num_pieces += 1
+            self.sentence_done = self.sentence_done or _ends_sentence(rest)
         return pieces
 
     def limits(self, index: int) -> tuple[int, int]:
@@ -187,6 +212,9 @@ class Segmenter:
     # -- internals ----------------------------------------------------------------------------
 
     def _limits(self, index: int) -> _Limits:
+        if self.whole_max_chars is not None and self.sentence_done and index > 0:
+            # Whole sentences: clause marks never cut eagerly (clause_min above the limit).
+            return _Limits(self.whole_max_chars, self.whole_max_chars + 1, self.first_min_chars)
         if index == 0:
             return _Limits(self.first_max_chars, self.first_min_chars, self.first_min_chars)
         # Beyond ~40 doublings every limit is at max_chars anyway; avoid float overflow.
@@ -205,6 +233,7 @@ class Segmenter:
             self._text = self._text[cut:]
             pieces.append(piece)
             self.num_pieces += 1
+            self.sentence_done = self.sentence_done or _ends_sentence(piece)
 
     def _units(self, ch: str) -> int:
         return self.cjk_weight if _is_wide(ch) else 1
@@ -249,7 +278,7 @@ class Segmenter:
                 if units > lim.max_units and not over:
                     over = True
                     if last_boundary > 0:
-                        decision = self._confirm(last_boundary, final=final)
+                        decision = self._best_cut(text, start, last_boundary, lim, final=final)
                 if decision == _REJECT and not over:
                     decision = self._punctuation_cut(
                         text, start, i, units - self._units(ch), lim, final
@@ -317,6 +346,30 @@ class Segmenter:
                 text, start, j, units_before + self._span_units(text, i, j), need, lim, final
             )
         return _REJECT
+
+    def _best_cut(self, text: str, start: int, last: int, lim: _Limits, *, final: bool) -> int:
+        """The best word boundary in ``text[start:last]`` (``last`` included) to end an over-long piece.
+
+        Candidates are scored by ``gateway.text.phrases``; boundaries in the second half of the limit
+        (and past the floor) compete first, and among equal scores the longest piece wins. Waits
+        when a score needs a word not yet received whole.
+        """
+        candidates: list[tuple[int, int, int]] = []  # (score, units, position)
+        units = 0
+        has_word = False
+        for pos in range(start, last + 1):
+            if pos > start and has_word and self._is_word_boundary(text, pos):
+                score = boundary_score(text, pos, final=final)
+                if score is None:
+                    return _WAIT
+                candidates.append((score, units, pos))
+            if pos < len(text):
+                units += self._units(text[pos])
+                has_word = has_word or text[pos].isalnum()
+        half = max(lim.floor, lim.max_units // 2)
+        preferred = [c for c in candidates if c[1] >= half and c[0] > BAD] or candidates
+        _, _, best = max(preferred)
+        return self._confirm(best, final=final)
 
     def _accept(
         self, text: str, start: int, end: int, units: int, need: int, lim: _Limits, final: bool

@@ -1,0 +1,35 @@
+"""``voxgate bench quality``'s measures, on synthetic audio (no server, no recognizer)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from gateway.bench.quality import longest_inner_silence_ms, silence_runs, word_error_rate
+
+RATE = 24_000
+
+
+def tone(seconds: float) -> np.ndarray:
+    t = np.arange(int(seconds * RATE)) / RATE
+    return (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)
+
+
+def test_the_longest_inner_silence_ignores_the_edges_and_finds_the_seam() -> None:
+    quiet = np.zeros(int(0.3 * RATE), dtype=np.float32)
+    audio = np.concatenate([quiet, tone(0.5), np.zeros(int(1.0 * RATE), np.float32), tone(0.2), tone(0.0), quiet])
+    assert longest_inner_silence_ms(audio) == pytest.approx(1000.0, abs=20)
+    assert longest_inner_silence_ms(np.concatenate([quiet, tone(1.0), quiet])) == 0.0
+    # -50 dBFS noise counts as silence, -40 dBFS does not.
+    noise = np.full(int(0.4 * RATE), 10 ** (-50 / 20), dtype=np.float32)
+    assert longest_inner_silence_ms(np.concatenate([tone(0.2), noise, tone(0.2)])) == pytest.approx(400.0, abs=20)
+    louder = np.full(int(0.4 * RATE), 10 ** (-40 / 20), dtype=np.float32)
+    assert longest_inner_silence_ms(np.concatenate([tone(0.2), louder, tone(0.2)])) == 0.0
+    assert silence_runs(np.zeros(RATE, np.float32)) == [(0, RATE)]
+
+
+def test_word_error_rate_normalises_case_punctuation_and_numbers() -> None:
+    assert word_error_rate("The flight costs 250 dollars.", "the flight costs two hundred fifty dollars") == 0.0
+    assert word_error_rate("The quick brown fox.", "The quick, brown box!") == 0.25
+    assert word_error_rate("今日は晴れ。", "今日は晴れ", "ja") == 0.0
+    assert word_error_rate("a b c d", "") == 1.0
