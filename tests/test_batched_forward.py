@@ -280,3 +280,22 @@ def test_malformed_input_is_refused(voiced, voices):
             run(voiced, [item])
     finally:
         voiced.eval()
+
+
+def test_the_test_engine_speaks_a_sentence_the_same_alone_and_in_company():
+    """A regression found when the Ray test compared sessions with their solo runs: the source's
+    ``l_linear`` as a matmul rounded differently in a batch (~3e-8), the source STFT's phase of a
+    near-negative-real bin then flipped by 2 pi, and this item's audio differed by 1.7e-2."""
+    import numpy as np
+
+    from gateway.engines import create_engine
+    from tests.utils import test_config
+
+    engine = create_engine(test_config(**{"engine.max_batch_size": 8}).engine)
+    voice = engine.voices()[0]
+    seven = SynthesisItem("sˈɛvən sˈɪlvəɹ swˈɑnz swˈæm sˈIləntli.", voice)
+    company = SynthesisItem("ɡˈʊd mˈɔɹnɪŋ, tɹˈævᵊləɹ.", voice)
+    alone = engine.synthesize([seven])[0].audio
+    for together in (engine.synthesize([seven, company])[0].audio, engine.synthesize([company, seven])[1].audio):
+        assert len(together) == len(alone)
+        assert np.linalg.norm(together - alone) <= REL_TOL * np.linalg.norm(alone)

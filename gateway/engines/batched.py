@@ -225,6 +225,22 @@ def _sines(sine: nn.Module, f0: torch.Tensor, halves: _Span) -> torch.Tensor:
     return torch.sin((2 * torch.pi) * torch.frac(phase)) * sine.sine_amp
 
 
+def _merge_harmonics(linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """``SourceModuleHnNSF.l_linear`` over the harmonic axis of ``x`` ``(B, dim, samples)``: ``(B, samples)``.
+
+    A fixed-order sum of element-wise products instead of a matmul: a matmul's rounding depends on
+    the shape of the whole batch (it moved the source by ~3e-8 between a batch and a solo run), and
+    the source's STFT phase (``atan2``) jumps by 2 pi where a bin is near the negative real axis, so
+    such a rounding became an audible 1e-2 difference. Element-wise ops round the same in any batch.
+    A constant ``dim`` ops, whatever the batch size.
+    """
+    weight, bias = linear.weight[0], linear.bias[0]
+    merged = x[:, 0] * weight[0]
+    for k in range(1, x.shape[1]):
+        merged = merged + x[:, k] * weight[k]
+    return merged + bias
+
+
 def _harmonic_source(gen: nn.Module, f0: torch.Tensor, halves: _Span, noise: SourceNoise) -> tuple[torch.Tensor, _Span]:
     """The harmonic source of a whole batch, as its STFT: ``(B, n_fft + 2, frames)``, padding zero.
 
@@ -263,13 +279,13 @@ def _harmonic_source(gen: nn.Module, f0: torch.Tensor, halves: _Span, noise: Sou
     if noise.per_harmonic:
         # SineGen's own arithmetic: a draw per harmonic, merged with the sines by l_linear.
         draws = noise.standard_normal(samples.lengths, samples.width, sine.dim, device)
-        merged = linear((sines * uv + noise_amp * draws).transpose(1, 2)).squeeze(-1)
+        merged = _merge_harmonics(linear, sines * uv + noise_amp * draws)
     else:
         # l_linear is linear: the noise part of its output is noise_amp * (w . draws), and w . draws
         # of iid standard normals is one normal of standard deviation |w|. Same distribution, a
         # ninth of the draws.
         draws = noise.standard_normal(samples.lengths, samples.width, 1, device)
-        merged = linear((sines * uv).transpose(1, 2)).squeeze(-1)
+        merged = _merge_harmonics(linear, sines * uv)
         merged = torch.addcmul(merged, noise_amp.squeeze(1), draws.squeeze(1), value=float(linear.weight.norm()))
     har_source = source.l_tanh(merged)  # (B, samples)
     # center=True reflection padding, at each item's own ends: one gather, then a plain STFT.
