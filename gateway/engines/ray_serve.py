@@ -148,7 +148,8 @@ class EngineReplica:
                 is_first=hints.is_first if hints else False,
                 start_deadline=None if hints is None or hints.start_within_s is None else now + hints.start_within_s,
                 deadline=now + hints.due_in_s if hints else None,
-                payload=(done, front_end),
+                # The item itself rides along: the engine gets it whole (trim flags, seed, text).
+                payload=(done, front_end, item),
                 seed=item.effective_seed(),
                 text=item.text,
             )
@@ -235,7 +236,7 @@ class EngineReplica:
 
     async def _run_batch(self, batch: Batch) -> None:
         loop = asyncio.get_running_loop()
-        items = [SynthesisItem(p.phonemes, p.voice, p.speed, seed=p.seed, text=p.text) for p in batch.pieces]
+        items: list[SynthesisItem] = [p.payload[2] for p in batch.pieces]
         try:
             outcome: list[Any] = await asyncio.wrap_future(self.worker.submit(items))
         except Exception:
