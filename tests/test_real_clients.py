@@ -52,7 +52,8 @@ async def reference_seconds(port: int, text: str) -> float:
 
 
 def cancelled_pieces(port: int) -> float:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/metrics", headers={"Authorization": f"Bearer {TOKEN}"})
+    with urllib.request.urlopen(request, timeout=10) as response:
         for line in response.read().decode().splitlines():
             if line.startswith('voxgate_pieces_total{outcome="cancelled"}'):
                 return float(line.split()[-1])

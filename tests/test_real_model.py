@@ -92,18 +92,6 @@ def test_batched_prosody_with_real_weights_keeps_durations_and_drifts_only_by_f0
     assert_reversed_batch_matches_solo(engine, items, 1e-2)
 
 
-async def test_the_default_server_path_delivers_real_speech_to_a_websocket_client(engine: Any) -> None:
-    from tests.test_server import audio_of, speak
-    from tests.utils import run_server
-
-    async with run_server({"engine.kind": "kokoro", "session.max_buffer_ms": 10_000}, engine_factory=lambda: engine) as gw:
-        run = await speak(f"ws://127.0.0.1:{gw.port}/v1/stream", "Good morning! Voxgate is speaking to you now.")
-    assert run.seqs() == list(range(len(run.frames)))
-    audio = audio_of(run, "pcm_s16le")
-    assert len(audio) / SAMPLE_RATE > 1.0
-    assert_is_speech(audio)
-
-
 def test_two_pieces_of_one_sentence_join_without_the_boundary_silence(engine: Any) -> None:
     """Issue 12 with real weights: Kokoro's edge silence (~1 s at a cut) is gone when the pieces
     continue each other, and the joined pieces are still speech."""
@@ -119,3 +107,16 @@ def test_two_pieces_of_one_sentence_join_without_the_boundary_silence(engine: An
     assert longest_inner_silence_ms(np.concatenate([r.audio for r in plain])) > 500
     assert longest_inner_silence_ms(joined) <= 250
     assert_is_speech(joined)
+
+
+# Last in the module: the server closes the engine it was handed when it stops.
+async def test_the_default_server_path_delivers_real_speech_to_a_websocket_client(engine: Any) -> None:
+    from tests.test_server import audio_of, speak
+    from tests.utils import run_server
+
+    async with run_server({"engine.kind": "kokoro", "session.max_buffer_ms": 10_000}, engine_factory=lambda: engine) as gw:
+        run = await speak(f"ws://127.0.0.1:{gw.port}/v1/stream", "Good morning! Voxgate is speaking to you now.")
+    assert run.seqs() == list(range(len(run.frames)))
+    audio = audio_of(run, "pcm_s16le")
+    assert len(audio) / SAMPLE_RATE > 1.0
+    assert_is_speech(audio)
