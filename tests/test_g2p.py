@@ -388,3 +388,12 @@ def test_chunks_cut_at_sentence_ends_and_rejoin_to_the_text() -> None:
     chunks = g2p_bounds.chunks(text, 400)
     assert "".join(chunks) == text and all(len(c) <= 400 for c in chunks)
     assert all(c.endswith(". ") for c in chunks[:-1])
+
+
+def test_a_number_of_hundreds_of_digits_is_read_in_groups_not_a_500(english: G2P, vocab: frozenset[str]) -> None:
+    """misaki reads a number through float arithmetic: 400 digits raised OverflowError, which the
+    OpenAI endpoint answered with a 500. Long digit runs are read three digits at a time."""
+    pieces = english.phonemize("I owe you " + "9" * 400 + " dollars.")
+    phonemes = "".join(piece.phonemes for piece in pieces)
+    assert phonemes and set(phonemes) <= vocab | {" "}
+    assert phonemes.count("nˈIn hˈʌndɹəd") >= 100  # "nine hundred ninety-nine", over and over

@@ -15,7 +15,7 @@ import re
 import time
 import unicodedata
 
-__all__ = ["G2PTooSlow", "check_deadline", "MAX_WORD_ATOMS", "MAX_ATOM_CHARS", "MAX_COMBINING_MARKS", "CHUNK_CHARS", "bound_words", "chunks"]
+__all__ = ["G2PTooSlow", "check_deadline", "MAX_WORD_ATOMS", "MAX_ATOM_CHARS", "MAX_COMBINING_MARKS", "MAX_NUMBER_DIGITS", "CHUNK_CHARS", "bound_words", "chunks"]
 
 #: Sub-tokens (a run of letters/digits, or one other character) in one space-free word given to the
 #: backend, and characters in one letter run: beyond them a word is cut with a space (see phonemize).
@@ -23,10 +23,15 @@ MAX_WORD_ATOMS = 8
 MAX_ATOM_CHARS = 48
 #: Combining marks kept on one base character ("Zalgo" text stacks thousands).
 MAX_COMBINING_MARKS = 2
+#: Digits in one number given to the backend: misaki reads a number through float arithmetic, which
+#: overflows past ~300 digits (a 500 for one request) and says nothing useful long before that; a
+#: longer run of digits is read in groups of three ("123 456 789 ...").
+MAX_NUMBER_DIGITS = 15
 #: Characters given to the backend in one call (cut at a sentence end or a space when possible).
 CHUNK_CHARS = 400
 
 _WORD_RUN_RE = re.compile(r"\S{%d,}" % (MAX_WORD_ATOMS + 1))
+_LONG_NUMBER_RE = re.compile(r"\d{%d,}" % (MAX_NUMBER_DIGITS + 1))
 _ATOM_RE = re.compile(r"[^\W_]{1,%d}|." % MAX_ATOM_CHARS, re.DOTALL)
 
 
@@ -36,6 +41,7 @@ def bound_words(text: str) -> str:
     most ``MAX_COMBINING_MARKS`` combining marks per character. Ordinary words are left alone."""
     if not text.isascii():
         text = thin_combining_marks(text)
+    text = _LONG_NUMBER_RE.sub(lambda m: " ".join(m.group()[i : i + 3] for i in range(0, len(m.group()), 3)), text)
 
     def cut(match: re.Match[str]) -> str:
         atoms = _ATOM_RE.findall(match.group())
