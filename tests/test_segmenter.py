@@ -393,6 +393,13 @@ def test_the_tail_rule_waits_for_the_text_that_decides_it() -> None:
     assert seg.feed(" Then") == ["from the dealer down", "the street last week."]
 
 
+def test_the_first_piece_does_not_wait_for_the_tail_rule() -> None:
+    seg = Segmenter(**_SLOW, min_tail_chars=16)  # type: ignore[arg-type]
+    assert seg.feed("The quick brown fox ") == ["The quick brown"]
+    assert seg.feed("jumped over the lazy dog near the old stone bridge.") == []
+    assert seg.flush() == ["fox jumped over the lazy", "dog near the old stone bridge."]
+
+
 @settings(max_examples=200, deadline=None)
 @given(text=st.text(alphabet=st.sampled_from(list("ab cd ef the of. , 日本は。")), max_size=160), cuts=st.lists(st.integers(0, 200), max_size=12))
 def test_capped_and_tail_rule_pieces_do_not_depend_on_fragmentation(text: str, cuts: list[int]) -> None:

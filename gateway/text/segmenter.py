@@ -127,6 +127,7 @@ class Segmenter:
     - ``min_tail_chars`` (0): a cut inside a sentence must leave at least this many units before
       the sentence ends, so no piece is a stray word ("week.", "come in."); it waits for that much
       text (or the end) to arrive. A cut that leaves less is taken only when no other boundary fits.
+      Not applied to the first piece, whose latency is the target.
 
     When a piece must end before its sentence does (over its limit), the cut goes to the best word
     boundary within the limit by ``gateway.text.phrases``: after a clause mark, then before a
@@ -374,7 +375,9 @@ class Segmenter:
         for pos in range(start, last + 1):
             if pos > start and has_word and self._is_word_boundary(text, pos):
                 score = boundary_score(text, pos, final=final)
-                short_tail = self._short_tail(text, pos, final=final)
+                # Not for the first piece: its latency is the target, and waiting for ~3 more words
+                # would add their arrival to it (its tail is the rest of the sentence, seldom short).
+                short_tail = self._short_tail(text, pos, final=final) if self.num_pieces else False
                 if score is None or short_tail is None:
                     return _WAIT
                 candidates.append((score, units, pos, short_tail))
