@@ -135,7 +135,7 @@ def trim_edges(
     timings computed from the durations describe the returned audio exactly. Quiet frames (under
     ``QUIET_DBFS``) at a trimmed edge go too, taken from the durations of the tokens they belong to.
     The last ``lead_lookback`` frames of the leading edge tokens are kept where they are not quiet
-    (a first consonant's onset; 0: cut the lead-in whole).
+    (a first consonant's onset; 0: cut the lead-in whole) and counted as the first spoken token's.
     """
     if not span:
         return audio, durations
@@ -155,6 +155,10 @@ def trim_edges(
     lead_quiet = max(0, lead_quiet - _LEAD_MARGIN_FRAMES)
     tail_quiet = max(0, tail_quiet - _QUIET_MARGIN_FRAMES)
     _take_frames(durations, lead_quiet, from_end=False)
+    if span.lead:
+        # What is left of the lead-in is the first phoneme's onset: timings count it as that phoneme.
+        durations[span.lead] += durations[: span.lead].sum()
+        durations[: span.lead] = 0
     _take_frames(durations, tail_quiet, from_end=True)
     start = (lead_frames + lead_quiet) * SAMPLES_PER_FRAME
     stop = (lead_frames + middle - tail_quiet) * SAMPLES_PER_FRAME
