@@ -143,6 +143,12 @@ class SegmenterConfig:
     first_audio_target_ms: float = 600.0
     #: After a piece that ends a sentence, pieces are whole sentences up to this many units; 0: off.
     whole_max_chars: int = 400
+    #: At most this many cuts inside the first sentence (the piece after the last one runs to the
+    #: sentence end), and no cut leaving under min_tail_chars before the sentence end; 0: off (the
+    #: default: on the 2-core CPU neither lowered WER, and the longer last piece stalled playback
+    #: longer, benchmarks/README.md).
+    sentence_max_cuts: int = 0
+    min_tail_chars: int = 0
     #: Skip the engine's silence at piece edges and join pieces with a pause by punctuation
     #: (``gateway.engines.edges``, ``gateway.audio_join``); the lengths are docs/pauses.md's.
     trim_edges: bool = True
@@ -446,6 +452,7 @@ def _validate(config: Config) -> None:
             min(config.segmenter.first_audio_target_ms, config.segmenter.whole_max_chars, config.segmenter.pause_clause_ms, config.segmenter.pause_sentence_ms) >= 0,
             "segmenter.first_audio_target_ms, whole_max_chars and pause_*_ms must be >= 0",
         ),
+        (min(config.segmenter.sentence_max_cuts, config.segmenter.min_tail_chars) >= 0, "segmenter.sentence_max_cuts and min_tail_chars must be >= 0"),
         (config.scheduler.max_batch_pieces >= 0, "scheduler.max_batch_pieces must be >= 0"),
         (config.scheduler.max_batch_tokens >= 512, "scheduler.max_batch_tokens must be >= 512 (one full piece)"),
         (config.scheduler.max_wait_ms >= 0, "scheduler.max_wait_ms must be >= 0"),

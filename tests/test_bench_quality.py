@@ -33,3 +33,13 @@ def test_word_error_rate_normalises_case_punctuation_and_numbers() -> None:
     assert word_error_rate("The quick brown fox.", "The quick, brown box!") == 0.25
     assert word_error_rate("今日は晴れ。", "今日は晴れ", "ja") == 0.0
     assert word_error_rate("a b c d", "") == 1.0
+
+
+def test_a_player_stalls_when_a_chunk_arrives_after_the_audio_ahead_has_played() -> None:
+    from gateway.bench.quality import playback_stalls_ms
+
+    # 1 s of audio at t=0, the next 1 s chunk at t=1.5: the player waits 0.5 s.
+    assert playback_stalls_ms([(0.0, RATE), (1.5, RATE)]) == pytest.approx((500.0, 500.0))
+    # In time (t=0.9 < 1.0): no stall; stalls add up and the longest is kept.
+    assert playback_stalls_ms([(0.0, RATE), (0.9, RATE), (2.2, RATE // 2), (3.0, RATE)]) == pytest.approx((300.0, 500.0))
+    assert playback_stalls_ms([]) == (0.0, 0.0)

@@ -11,7 +11,7 @@ import torch
 from gateway.audio_join import CutClass, PauseLengths, cut_class, with_pause
 from gateway.config import SegmenterConfig, SessionConfig
 from gateway.engines.base import SAMPLES_PER_FRAME, SynthesisItem, SynthesisResult
-from gateway.engines.edges import EdgeSpan, clamp_edges, edge_span, trim_edges
+from gateway.engines.edges import LEAD_LOOKBACK_FRAMES, EdgeSpan, clamp_edges, edge_span, trim_edges
 from gateway.session import Session
 from gateway.text.g2p import WordSpan
 from tests.test_kokoro_engine import engine  # noqa: F401 - the tiny-engine fixture
@@ -39,7 +39,7 @@ def test_clamp_holds_the_edge_tokens_to_the_lead_in_and_one_frame() -> None:
 def test_trim_cuts_the_edge_frames_fades_and_keeps_durations_describing_the_audio() -> None:
     durations = np.array([1, 3, 4, 1, 1])
     audio = np.ones(int(durations.sum()) * SAMPLES_PER_FRAME, dtype=np.float32)
-    out, kept = trim_edges(audio, durations, EdgeSpan(1, 2))
+    out, kept = trim_edges(audio, durations, EdgeSpan(1, 2), lead_lookback=0)
     assert kept.tolist() == [0, 3, 4, 0, 0]
     assert len(out) == kept.sum() * SAMPLES_PER_FRAME
     assert out[0] == 0.0 and out[-1] < 0.01 and out[len(out) // 2] == 1.0  # faded in and out
@@ -58,6 +58,23 @@ def test_trim_also_cuts_quiet_frames_at_the_edges_from_their_tokens_durations() 
     assert np.abs(out[2 * SAMPLES_PER_FRAME : 7 * SAMPLES_PER_FRAME]).min() > 0.0
 
 
+def test_the_onset_the_decoder_starts_inside_the_lead_in_is_kept() -> None:
+    durations = np.array([8, 4, 3, 1])
+    frame = np.ones(SAMPLES_PER_FRAME, dtype=np.float32)
+    # BOS: 5 quiet frames, 1 quiet, 2 frames of onset | 4 loud | 3 loud | EOS
+    levels = [0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1]
+    audio = np.concatenate([frame * level * 0.5 for level in levels])
+    out, kept = trim_edges(audio, durations, EdgeSpan(1, 1), lead_lookback=4)
+    # The last 4 BOS frames are looked at: the 2 with the onset stay, and so do the 2 quiet ones
+    # before them (the margin kept before speech).
+    assert kept.tolist() == [0, 8, 3, 0]  # counted as the first phoneme's
+    assert len(out) == kept.sum() * SAMPLES_PER_FRAME
+    assert out[2 * SAMPLES_PER_FRAME : 4 * SAMPLES_PER_FRAME].min() == 0.5
+    # Without the look-back the onset is cut with the rest of the lead-in.
+    _, cut = trim_edges(audio, durations, EdgeSpan(1, 1), lead_lookback=0)
+    assert cut.tolist() == [0, 4, 3, 0]  # (the onset is lost)
+
+
 def test_the_engine_skips_edge_silence_for_items_that_continue_speech(engine) -> None:
     voice = engine.voices()[0]
     whole, trimmed = engine.synthesize(
@@ -65,8 +82,11 @@ def test_the_engine_skips_edge_silence_for_items_that_continue_speech(engine) ->
     )
     assert trimmed.durations[0] == 0 and trimmed.durations[-1] == 0 and trimmed.durations[-2] == 0
     assert whole.durations[0] > 0 and whole.durations[-1] > 0
-    # Only the edges change: no token gets longer, the inner ones keep their predicted duration.
-    assert (trimmed.durations <= whole.durations).all()
+    # Only the edges change: no token gets longer (but the first spoken one, which takes the onset
+    # kept from the lead-in, at most LEAD_LOOKBACK_FRAMES), the inner ones keep their duration.
+    first = 1
+    assert trimmed.durations[first] <= whole.durations[first] + LEAD_LOOKBACK_FRAMES
+    assert (np.delete(trimmed.durations, first) <= np.delete(whole.durations, first)).all()
     assert trimmed.durations[4:-5].tolist() == whole.durations[4:-5].tolist()
     assert len(trimmed.audio) == trimmed.durations.sum() * SAMPLES_PER_FRAME < len(whole.audio)
     assert trimmed.extra["edges_trimmed"] == (True, True) and "edges_trimmed" not in whole.extra

@@ -360,3 +360,49 @@ def test_the_first_piece_is_sized_by_the_latency_target_and_the_engines_speed() 
     text = "The quick brown fox jumped over the lazy dog near the old stone bridge."
     assert make_segmenter(config, 0.03).feed(text + " And")[0] == "The quick brown fox"
     assert make_segmenter(config, 0.002).feed(text + " And") == [text]
+
+
+# -- cuts inside the first sentence: how many, and never a stray last word ----------------------
+
+_SLOW = {"first_min_chars": 8, "first_max_chars": 16, "min_chars": 16, "max_chars": 250, "growth": 1.5, "whole_max_chars": 400}
+_LONG = "We climbed the narrow stairs to the top of the tower and looked out over the city. Then we sat."
+
+
+def test_after_its_last_allowed_cut_the_first_sentence_is_one_piece() -> None:
+    uncapped = segment(_LONG, **_SLOW)
+    assert len(uncapped) > 4  # growth alone cuts the first sentence again and again
+    one = segment(_LONG, **_SLOW, sentence_max_cuts=1)
+    assert one == ["We climbed", "the narrow stairs to the top of the tower and looked out over the city.", "Then we sat."]
+    two = segment(_LONG, **_SLOW, sentence_max_cuts=2)
+    assert len(two) == 4 and two[2].endswith("the city.") and two[:2] == uncapped[:2]
+
+
+def test_a_cut_never_leaves_a_stray_word_before_the_sentence_end() -> None:
+    text = "My sister bought a small red car from the dealer down the street last week. Then we sat."
+    assert segment(text, **_SLOW)[2:] == ["from the dealer down the street last", "week. Then we sat."]
+    pieces = segment(text, **_SLOW, min_tail_chars=16)
+    assert pieces[2:] == ["from the dealer down", "the street last week.", "Then we sat."]
+
+
+def test_the_tail_rule_waits_for_the_text_that_decides_it() -> None:
+    seg = Segmenter(**_SLOW, min_tail_chars=16)  # type: ignore[arg-type]
+    assert seg.feed("My sister bought a small red car from the dealer down the street") == ["My sister bought", "a small red car"]
+    # "from the dealer down the street" is over its limit; where to cut depends on where the sentence ends.
+    assert seg.feed(" last") == []
+    assert seg.feed(" week.") == []
+    assert seg.feed(" Then") == ["from the dealer down", "the street last week."]
+
+
+def test_the_first_piece_does_not_wait_for_the_tail_rule() -> None:
+    seg = Segmenter(**_SLOW, min_tail_chars=16)  # type: ignore[arg-type]
+    assert seg.feed("The quick brown fox ") == ["The quick brown"]
+    rest = seg.feed("jumped over the lazy dog near the old stone bridge.") + seg.flush()
+    assert rest == ["fox jumped over the lazy", "dog near the old stone bridge."]
+
+
+@settings(max_examples=200, deadline=None)
+@given(text=st.text(alphabet=st.sampled_from(list("ab cd ef the of. , 日本は。")), max_size=160), cuts=st.lists(st.integers(0, 200), max_size=12))
+def test_capped_and_tail_rule_pieces_do_not_depend_on_fragmentation(text: str, cuts: list[int]) -> None:
+    options = {"first_min_chars": 4, "first_max_chars": 16, "min_chars": 16, "max_chars": 40, "whole_max_chars": 60,
+               "growth": 1.5, "sentence_max_cuts": 2, "min_tail_chars": 10}
+    assert segment(text, fragment(text, [c for c in cuts if c < len(text)]), **options) == segment(text, **options)

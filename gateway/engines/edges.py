@@ -27,7 +27,7 @@ import torch
 
 from gateway.engines.base import SAMPLES_PER_FRAME
 
-__all__ = ["NON_SPEECH", "EdgeSpan", "edge_span", "clamp_edges", "clamp_edges_batch", "trim_edges", "FADE_SAMPLES"]
+__all__ = ["NON_SPEECH", "EdgeSpan", "edge_span", "clamp_edges", "clamp_edges_batch", "trim_edges", "FADE_SAMPLES", "LEAD_LOOKBACK_FRAMES"]
 
 #: Phoneme characters that carry no speech of their own: Kokoro gives them pause durations.
 NON_SPEECH = frozenset(" ;:,.!?—–…\"()“”«»'-↓→↗↘")
@@ -39,6 +39,10 @@ QUIET_DBFS = -50.0
 _QUIET_MARGIN_FRAMES = 1
 #: Before the speech a little more is kept: soft onsets (f, h, th) start under the threshold.
 _LEAD_MARGIN_FRAMES = 2
+#: The last frames of the leading edge tokens are not cut outright but trimmed like quiet speech:
+#: the decoder starts a piece's first consonant there (measured: cutting every lead-in frame turned
+#: "Could" into "Good", "fox" into "box", "My" into "I" for Whisper).
+LEAD_LOOKBACK_FRAMES = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,19 +122,28 @@ def clamp_edges_batch(
 
 
 def trim_edges(
-    audio: np.ndarray, durations: np.ndarray, span: EdgeSpan | None, *, fade_samples: int = FADE_SAMPLES
+    audio: np.ndarray,
+    durations: np.ndarray,
+    span: EdgeSpan | None,
+    *,
+    fade_samples: int = FADE_SAMPLES,
+    lead_lookback: int = LEAD_LOOKBACK_FRAMES,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Cut the edge tokens' frames from ``audio`` and fade the new edges; returns (audio, durations).
 
     The cut tokens' durations become 0, so ``len(audio) == durations.sum() * 600`` still holds and
     timings computed from the durations describe the returned audio exactly. Quiet frames (under
     ``QUIET_DBFS``) at a trimmed edge go too, taken from the durations of the tokens they belong to.
+    The last ``lead_lookback`` frames of the leading edge tokens are kept where they are not quiet
+    (a first consonant's onset; 0: cut the lead-in whole) and counted as the first spoken token's.
     """
     if not span:
         return audio, durations
     durations = np.asarray(durations, dtype=np.int64).copy()
     lead_frames = int(durations[: span.lead].sum())
-    durations[: span.lead] = 0
+    # All but the last lookback frames of the lead-in go; those are trimmed only where quiet.
+    lead_frames -= min(lead_frames, lead_lookback)
+    _take_frames(durations, lead_frames, from_end=False)
     if span.tail:
         durations[len(durations) - span.tail :] = 0
     middle = int(durations.sum())
@@ -142,6 +155,10 @@ def trim_edges(
     lead_quiet = max(0, lead_quiet - _LEAD_MARGIN_FRAMES)
     tail_quiet = max(0, tail_quiet - _QUIET_MARGIN_FRAMES)
     _take_frames(durations, lead_quiet, from_end=False)
+    if span.lead:
+        # What is left of the lead-in is the first phoneme's onset: timings count it as that phoneme.
+        durations[span.lead] += durations[: span.lead].sum()
+        durations[: span.lead] = 0
     _take_frames(durations, tail_quiet, from_end=True)
     start = (lead_frames + lead_quiet) * SAMPLES_PER_FRAME
     stop = (lead_frames + middle - tail_quiet) * SAMPLES_PER_FRAME

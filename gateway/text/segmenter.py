@@ -120,6 +120,14 @@ class Segmenter:
       sentences up to this many units (no clause or growth cuts): the first sentence is cut for a
       fast first audio, the ones after it are spoken whole, with their own prosody. None keeps the
       growth limits for every piece.
+    - ``sentence_max_cuts`` (0): with ``whole_max_chars``, at most this many cuts inside the first
+      sentence: the piece after the last one runs to the sentence end (up to ``whole_max_chars``).
+      Every cut speaks a piece as a whole utterance, with the lengthening and falling pitch of an
+      utterance end, and the words at the edges suffer (measured: Whisper misheard them). 0: no cap.
+    - ``min_tail_chars`` (0): a cut inside a sentence must leave at least this many units before
+      the sentence ends, so no piece is a stray word ("week.", "come in."); it waits for that much
+      text (or the end) to arrive. A cut that leaves less is taken only when no other boundary fits.
+      Not applied to the first piece, whose latency is the target.
 
     When a piece must end before its sentence does (over its limit), the cut goes to the best word
     boundary within the limit by ``gateway.text.phrases``: after a clause mark, then before a
@@ -142,6 +150,8 @@ class Segmenter:
         growth: float = 2.0,
         cjk_weight: int = 3,
         whole_max_chars: int | None = None,
+        sentence_max_cuts: int = 0,
+        min_tail_chars: int = 0,
     ) -> None:
         if not 0 < first_min_chars <= first_max_chars <= max_chars:
             raise ValueError("need 0 < first_min_chars <= first_max_chars <= max_chars")
@@ -160,6 +170,10 @@ class Segmenter:
         self.growth = growth
         self.cjk_weight = cjk_weight
         self.whole_max_chars = whole_max_chars
+        if sentence_max_cuts < 0 or min_tail_chars < 0:
+            raise ValueError("sentence_max_cuts and min_tail_chars must be >= 0")
+        self.sentence_max_cuts = sentence_max_cuts
+        self.min_tail_chars = min_tail_chars
         #: Whether a piece has ended a sentence (then, with ``whole_max_chars``, pieces are sentences).
         self.sentence_done = False
         self._text = ""
@@ -212,7 +226,8 @@ class Segmenter:
     # -- internals ----------------------------------------------------------------------------
 
     def _limits(self, index: int) -> _Limits:
-        if self.whole_max_chars is not None and self.sentence_done and index > 0:
+        capped = 0 < self.sentence_max_cuts <= index
+        if self.whole_max_chars is not None and (self.sentence_done or capped) and index > 0:
             # Whole sentences: clause marks never cut eagerly (clause_min above the limit).
             return _Limits(self.whole_max_chars, self.whole_max_chars + 1, self.first_min_chars)
         if index == 0:
@@ -360,16 +375,45 @@ class Segmenter:
         for pos in range(start, last + 1):
             if pos > start and has_word and self._is_word_boundary(text, pos):
                 score = boundary_score(text, pos, final=final)
-                if score is None:
+                # Not for the first piece: its latency is the target, and waiting for ~3 more words
+                # would add their arrival to it (its tail is the rest of the sentence, seldom short).
+                short_tail = self._short_tail(text, pos, final=final) if self.num_pieces else False
+                if score is None or short_tail is None:
                     return _WAIT
-                candidates.append((score, units, pos))
+                candidates.append((score, units, pos, short_tail))
             if pos < len(text):
                 units += self._units(text[pos])
                 has_word = has_word or text[pos].isalnum()
         half = max(lim.floor, lim.max_units // 2)
+        candidates = [c for c in candidates if not c[3]] or candidates
         preferred = [c for c in candidates if c[1] >= half and c[0] > BAD] or candidates
-        _, _, best = max(preferred)
+        _, _, best, _ = max(preferred)
         return self._confirm(best, final=final)
+
+    def _short_tail(self, text: str, pos: int, *, final: bool) -> bool | None:
+        """Whether the sentence ends less than ``min_tail_chars`` units after ``pos`` (None: the text
+        that decides it has not arrived yet). Any sentence mark before a space counts as an end here
+        ("Mr." too): a miss only moves a cut to another boundary."""
+        if not self.min_tail_chars:
+            return False
+        units = 0
+        i, n = pos, len(text)
+        while i < n:
+            ch = text[i]
+            if ch in _CJK_SENTENCE_MARKS:
+                return True
+            if ch in _SENTENCE_MARKS:
+                j = self._skip(text, self._skip(text, i, _SENTENCE_MARKS), _CLOSERS)
+                if j == n:
+                    return True if final else None
+                if text[j].isspace():
+                    return True
+            if not ch.isspace():
+                units += self._units(ch)
+            if units >= self.min_tail_chars:
+                return False
+            i += 1
+        return True if final else None
 
     def _accept(
         self, text: str, start: int, end: int, units: int, need: int, lim: _Limits, final: bool
