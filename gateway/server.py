@@ -30,7 +30,7 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from gateway.adapters import adapter_refusal, find_adapter, serve_adapter
+from gateway.adapters import Adapter, adapter_key_refusal, find_adapter, serve_adapter
 from gateway.config import Config
 from gateway.engines import Engine, SynthesisItem, create_engine
 from gateway.engines.base import ScheduleHints
@@ -291,10 +291,7 @@ class Gateway:
         adapter = find_adapter(path)  # vendor-compatible endpoints (gateway/adapters)
         if path != STREAM_PATH and adapter is None:
             return connection.respond(404, f"WebSocket endpoint is {STREAM_PATH}\n")
-        if adapter is not None:
-            refusal = adapter_refusal(adapter, self.config.server, request.headers, parse_qs(query))
-        else:
-            refusal = self._check_access(request.headers, parse_qs(query))
+        refusal = self._check_access(request.headers, parse_qs(query), adapter=adapter)
         if refusal is not None:
             status, text = refusal
             self.metrics.sessions_refused.labels(reason=str(status)).inc()
@@ -303,7 +300,11 @@ class Gateway:
             return connection.respond(503, "server shutting down\n")
         return None
 
-    def _check_access(self, headers: Headers | dict[str, str], query: dict[str, list[str]]) -> tuple[int, str] | None:
+    def _check_access(
+        self, headers: Headers | dict[str, str], query: dict[str, list[str]], *, adapter: Adapter | None = None
+    ) -> tuple[int, str] | None:
+        """(status, text) when a request must be refused: a disallowed Origin, then a missing or wrong
+        token (for a vendor-compatible endpoint, the key where that vendor sends it)."""
         # The front door refuses a request with two Origin or Authorization headers, so one
         # value (or none) is all there is to read here.
         server = self.config.server
@@ -311,6 +312,8 @@ class Gateway:
             origin = headers.get("Origin") or headers.get("origin")
             if origin is not None and origin not in server.allowed_origins:
                 return 403, "origin not allowed"
+        if adapter is not None:
+            return adapter_key_refusal(adapter, server.auth_token, headers, query)
         if server.auth_token and not self._authenticated(headers, query):
             return 401, "missing or wrong token"
         return None

@@ -3,7 +3,7 @@
 Each vendor module is a sans-I/O translator between the vendor's messages and protocol v1; this
 module maps paths to them, checks the vendor-style API key against ``server.auth_token``, and runs
 the translator on a normal in-process session (``base.serve_translator``). The server calls
-``find_adapter`` and ``adapter_refusal`` from its handshake check and ``serve_adapter`` from its
+``find_adapter`` and ``adapter_key_refusal`` from its handshake check and ``serve_adapter`` from its
 WebSocket handler: that is the whole hook. What each endpoint supports: docs/compat.md.
 """
 
@@ -18,10 +18,9 @@ from gateway.adapters.base import Translator, VoiceResolver, credential_ok, serv
 from gateway.openai_api import parse_voice_map
 
 if TYPE_CHECKING:
-    from gateway.config import ServerConfig
     from gateway.server import Gateway
 
-__all__ = ["Adapter", "find_adapter", "adapter_refusal", "serve_adapter"]
+__all__ = ["Adapter", "find_adapter", "adapter_key_refusal", "serve_adapter"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,14 +48,13 @@ def find_adapter(path: str) -> Adapter | None:
     return None
 
 
-def adapter_refusal(
-    adapter: Adapter, server: ServerConfig, headers: Mapping[str, str], query: Mapping[str, list[str]]
+def adapter_key_refusal(
+    adapter: Adapter, auth_token: str, headers: Mapping[str, str], query: Mapping[str, list[str]]
 ) -> tuple[int, str] | None:
-    """(status, text) when the handshake must be refused: a disallowed Origin or a wrong key."""
-    origin = headers.get("Origin")
-    if server.allowed_origins and origin is not None and origin not in server.allowed_origins:
-        return 403, "origin not allowed"
-    if not credential_ok(server.auth_token, adapter.credential(headers, query)):
+    """(401, text) when the vendor-style key (sent where ``adapter``'s vendor sends it) is not
+    voxgate's token; None when it is, or when no token is configured. The Origin check is the
+    gateway's, shared with protocol v1."""
+    if not credential_ok(auth_token, adapter.credential(headers, query)):
         return 401, f"missing or wrong API key (voxgate's token, sent as {adapter.name} sends its key)"
     return None
 
