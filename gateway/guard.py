@@ -4,8 +4,6 @@
 message, an over-limit message, a binary frame): answer it, stay silent, or close the session. A
 flood is logged once per window, not once per message, so a client cannot fill the disk.
 
-``TokenBucket`` is the per-session rate limit (messages, characters).
-
 ``ReplayBuffer`` keeps the recently sent frames for ``resume``, bounded in frames and in bytes: a
 client chooses the frame size and format, so a bound in frames alone is a bound the client sets.
 
@@ -17,10 +15,9 @@ from __future__ import annotations
 import collections
 import enum
 import logging
-import math
 from collections.abc import Iterator
 
-__all__ = ["Verdict", "ViolationGuard", "ReplayBuffer", "TokenBucket"]
+__all__ = ["Verdict", "ViolationGuard", "ReplayBuffer"]
 
 logger = logging.getLogger("voxgate.session")
 
@@ -96,22 +93,3 @@ class ReplayBuffer:
 
     def __iter__(self) -> Iterator[tuple[int, bytes]]:
         return iter(self._frames)
-
-
-class TokenBucket:
-    """Allows ``rate`` per second on average with bursts of one second's worth; rate 0 disables."""
-
-    def __init__(self, rate: float, now: float) -> None:
-        self.rate = rate
-        self.tokens = rate
-        self.stamp = now
-
-    def take(self, amount: float, now: float) -> bool:
-        if self.rate <= 0:
-            return True
-        self.tokens = min(self.rate, self.tokens + (now - self.stamp) * self.rate)
-        self.stamp = now
-        if amount > self.tokens and not math.isclose(amount, self.tokens):
-            return False
-        self.tokens -= amount
-        return True

@@ -34,7 +34,8 @@ from gateway.codecs import check_packet_format
 from gateway.config import SegmenterConfig, SessionConfig
 from gateway.engines.base import SAMPLE_RATE, SynthesisResult
 from gateway.errors import CloseCode, InvalidState, LimitExceeded, ProtocolError, VoxgateError
-from gateway.guard import ReplayBuffer, TokenBucket, Verdict, ViolationGuard
+from gateway.guard import ReplayBuffer, Verdict, ViolationGuard
+from gateway.ratelimit import TokenBucket
 from gateway.protocol import (
     AUDIO_FORMATS,
     PROTOCOL_VERSION,
