@@ -1,8 +1,8 @@
 """Blocking use of the voxgate client, and what ``voxgate voices`` / ``voxgate say`` run.
 
 - ``VoxgateSyncClient``: one session on a private event loop thread, for scripts and notebooks.
-- ``list_voices`` / ``say_to_wav``: through a running server, or in-process (``url=None``) over the
-  same code path (``Gateway.open_local_session``).
+- ``list_voices`` / ``say_to_wav``: through a running server, or in-process (``url=None``) on the
+  server's own hub (``Gateway.open_local_session``, ``gateway.local``), not through the client SDK.
 - ``write_wav``: 16-bit mono WAV with the stdlib ``wave`` module.
 """
 
@@ -174,17 +174,32 @@ def say_to_wav(
             return await speak(client)
 
     async def local() -> tuple[np.ndarray, int]:
+        from gateway.audio import decode_samples
+        from gateway.client import VoxgateClientError, VoxgateConnectionError
+        from gateway.local import LocalSessionClosed, LocalSessionError
         from gateway.server import Gateway
 
         async with Gateway(config.replace({"server.host": "127.0.0.1", "server.port": 0})) as gateway:
             session = config.session
-            client = VoxgateClient.local(
-                gateway,
-                max_message_chars=session.max_text_chars_per_message,
-                max_chars_per_s=session.max_chars_per_s or None,
-            )
-            async with client:
-                return await speak(client)
+            async with gateway.open_local_session() as local:
+                try:
+                    await local.start()
+                    settings = await local.update(format="pcm_s16le", sample_rate=24_000)
+                    speech = local.speak(
+                        text,
+                        voice=voice,
+                        speed=speed,
+                        lang=lang,
+                        max_message_chars=session.max_text_chars_per_message,
+                        max_chars_per_s=session.max_chars_per_s or None,
+                    )
+                    parts = [decode_samples(payload, "pcm_s16le") async for payload in speech]
+                except LocalSessionError as exc:
+                    raise VoxgateClientError(exc.code, exc.message) from None
+                except LocalSessionClosed as exc:
+                    raise VoxgateConnectionError(str(exc), close_code=exc.close_code) from None
+            samples = np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
+            return samples, int(settings["sample_rate"])
 
     samples, sample_rate = asyncio.run(remote() if url is not None else local())
     if not len(samples):

@@ -2,7 +2,7 @@
 ``GET /v1/audio/models`` / ``GET /v1/audio/voices`` lists that Open WebUI reads from a non-OpenAI base.
 
 Lets OpenAI SDKs and tools talk to voxgate (``OpenAI(base_url="http://HOST:PORT/v1")``). Each request
-is one in-process session (``Gateway.open_local_session`` through ``VoxgateClient.local``), so it
+is one in-process session on the hub (``Gateway.open_local_session``, ``gateway.local``), so it
 goes through the same G2P, segmenter, scheduler and limits as a WebSocket session, and its audio is
 encoded (``gateway.codecs``, one encoder per request) and streamed as the engine produces it.
 
@@ -50,9 +50,9 @@ from typing import TYPE_CHECKING, Final
 import numpy as np
 import orjson
 
-from gateway.client import AudioChunk, Speech, VoxgateClient, VoxgateClientError, VoxgateConnectionError
 from gateway.codecs import HTTP_FORMATS, StreamEncoder, streaming_wav_header, wav_header
 from gateway.http import HttpRequest, HttpResponse
+from gateway.local import LocalSession, LocalSessionClosed, LocalSessionError, LocalSpeech
 from gateway.protocol import SPEED_RANGE
 
 if TYPE_CHECKING:
@@ -90,7 +90,7 @@ OPENAI_SPEED_RANGE: Final = (0.25, 4.0)
 SAMPLE_RATE: Final = 24_000
 #: Frames of 100 ms: a tenth of the HTTP chunks of the WebSocket default, same first-audio latency.
 HTTP_FRAME_MS: Final = 100
-#: Chunks a response may hold unread before the session waits for the HTTP client (backpressure).
+#: Messages a response may hold unread before the session waits for the HTTP client (backpressure).
 MAX_BUFFERED_CHUNKS: Final = 32
 
 
@@ -225,8 +225,8 @@ class _AudioBody:
     session, even if iteration never started (the HTTP layer calls it when the client goes away).
     With ``sse`` each piece is wrapped in a ``speech.audio.delta`` event."""
 
-    def __init__(self, client: VoxgateClient, speech: Speech, first: AudioChunk | None, audio_format: str, *, sse: bool) -> None:
-        self._client = client
+    def __init__(self, stack: contextlib.AsyncExitStack, speech: LocalSpeech, first: bytes | None, audio_format: str, *, sse: bool) -> None:
+        self._stack = stack
         self._speech = speech
         # The request's own encoding thread: its encoder is created, fed and flushed there only, and
         # mp3/AAC/Opus work (tens of ms per second of audio, benchmarks/results/codecs-vm.md) stays
@@ -264,15 +264,15 @@ class _AudioBody:
                 return await self._encode(await anext(self._speech))
             except StopAsyncIteration:
                 self._done = True
-            except (VoxgateClientError, VoxgateConnectionError) as exc:
+            except (LocalSessionError, LocalSessionClosed) as exc:
                 self._done = True
                 logger.warning("speech stream ended early after %d chunks: %s", self._speech.num_chunks, exc)
         self._flushed = True
         encoder = self._encoder_ready.result()
         return await asyncio.wrap_future(self._thread.submit(encoder.finish))
 
-    async def _encode(self, chunk: AudioChunk) -> bytes:
-        pcm = np.frombuffer(chunk.data, dtype="<i2").astype(np.float32) / 32_767.0
+    async def _encode(self, chunk: bytes) -> bytes:
+        pcm = np.frombuffer(chunk, dtype="<i2").astype(np.float32) / 32_767.0
         encoder = await asyncio.wrap_future(self._encoder_ready)
         return await asyncio.wrap_future(self._thread.submit(encoder.push, pcm))
 
@@ -286,18 +286,18 @@ class _AudioBody:
             return
         self._closed = True
         self._thread.shutdown(wait=False, cancel_futures=True)
-        await _close(self._client, self._speech)
+        await _close(self._stack, self._speech)
 
 
 def _sse_event(event: dict[str, object]) -> bytes:
     return b"data: " + orjson.dumps(event) + b"\n\n"
 
 
-async def _close(client: VoxgateClient, speech: Speech | None) -> None:
-    if speech is not None and not speech.finished:
-        with contextlib.suppress(VoxgateConnectionError, VoxgateClientError):
-            await speech.cancel(timeout=2.0)
-    await client.close()
+async def _close(stack: contextlib.AsyncExitStack, speech: LocalSpeech | None) -> None:
+    """End the request's session: a clean close cancels what it still had to say."""
+    if speech is not None:
+        await speech.aclose()
+    await stack.aclose()
 
 
 async def _models(gateway: Gateway, request: HttpRequest) -> HttpResponse:
@@ -322,57 +322,58 @@ async def _speech(gateway: Gateway, request: HttpRequest) -> HttpResponse:
         req = parse_speech_request(request.body, max_chars=session.max_text_chars_per_context)
     except ApiError as exc:
         return exc.response()
-    client = VoxgateClient.local(
-        gateway,
-        format="pcm_s16le",
-        sample_rate=SAMPLE_RATE,
-        frame_ms=HTTP_FRAME_MS,
-        max_buffered_chunks=MAX_BUFFERED_CHUNKS,
-        max_message_chars=session.max_text_chars_per_message,
-        max_chars_per_s=session.max_chars_per_s or None,
-    )
-    speech: Speech | None = None
+    stack = contextlib.AsyncExitStack()
+    speech: LocalSpeech | None = None
     compat = gateway.config.compat
     try:
-        await client.connect()
+        local: LocalSession = await stack.enter_async_context(gateway.open_local_session(max_queue=MAX_BUFFERED_CHUNKS))
+        await local.start()
+        await local.update(format="pcm_s16le", sample_rate=SAMPLE_RATE, frame_ms=HTTP_FRAME_MS)
         voice = resolve_voice(
-            req.voice, client.voices, voice_map=parse_voice_map(compat.voice_map), default_voice=compat.default_voice
+            req.voice, local.voices, voice_map=parse_voice_map(compat.voice_map), default_voice=compat.default_voice
         )
-        speech = client.speak(req.input, voice=voice, speed=req.speed)
+        speech = local.speak(
+            req.input,
+            voice=voice,
+            speed=req.speed,
+            max_message_chars=session.max_text_chars_per_message,
+            max_chars_per_s=session.max_chars_per_s or None,
+        )
         # Wait for the first audio, so that errors before it are HTTP errors, not a cut stream.
-        first: AudioChunk | None = await anext(speech, None)
+        first: bytes | None = await anext(speech, None)
+        complete = speech.take_ready()
     except ApiError as exc:
-        await _close(client, speech)
+        await _close(stack, speech)
         return exc.response()
-    except VoxgateClientError as exc:
-        await _close(client, speech)
+    except LocalSessionError as exc:
+        await _close(stack, speech)
         return _client_error(exc).response()
-    except VoxgateConnectionError as exc:
-        await _close(client, speech)
+    except LocalSessionClosed as exc:
+        await _close(stack, speech)
         logger.warning("speech request failed: %s", exc)
         return ApiError(503, "the speech session ended unexpectedly; try again", type="server_error").response()
     except BaseException:
-        await _close(client, speech)
+        await _close(stack, speech)
         raise
     content_type = RESPONSE_FORMATS[req.response_format]
-    if speech.done is not None and req.response_format in ("wav", "pcm") and req.stream_format != "sse":
-        # Everything arrived with the first chunk (the rest is buffered): one body of known length,
-        # so the WAV header carries the real sizes. Encoded formats keep their own framing.
-        chunks = [first.data] if first is not None else []
-        chunks += [chunk.data async for chunk in speech]
+    if complete and req.response_format in ("wav", "pcm") and req.stream_format != "sse":
+        # Everything arrived with the first chunk (the rest is already queued): one body of known
+        # length, so the WAV header carries the real sizes. Encoded formats keep their own framing.
+        chunks = [first] if first is not None else []
+        chunks += [chunk async for chunk in speech]
         audio = b"".join(chunks)
-        await _close(client, speech)
+        await _close(stack, speech)
         header = wav_header(SAMPLE_RATE, data_bytes=len(audio)) if req.response_format == "wav" else b""
         return HttpResponse(200, body=header + audio, content_type=content_type)
     sse = req.stream_format == "sse"
     return HttpResponse(
         200,
-        body=_AudioBody(client, speech, first, req.response_format, sse=sse),
+        body=_AudioBody(stack, speech, first, req.response_format, sse=sse),
         content_type="text/event-stream" if sse else content_type,
     )
 
 
-def _client_error(exc: VoxgateClientError) -> ApiError:
+def _client_error(exc: LocalSessionError) -> ApiError:
     """Map a session error to an HTTP status in OpenAI's shape."""
     if exc.code == "busy":
         return ApiError(503, exc.message, code=exc.code, type="server_error")

@@ -34,6 +34,7 @@ __all__ = [
     "decode_audio_frame",
     "dumps",
     "context_id_of",
+    "split_text",
 ]
 
 PROTOCOL_VERSION: Final = "v1"
@@ -254,3 +255,18 @@ def context_id_of(raw: str | bytes) -> str | None:
         return None
     value = data.get("context_id") if isinstance(data, dict) else None
     return value if isinstance(value, str) and len(value) <= MAX_CONTEXT_ID_CHARS else None
+
+
+def split_text(text: str, limit: int) -> list[str]:
+    """Cut ``text`` into ``text`` messages of at most ``limit`` characters, at whitespace where possible.
+    Pieces concatenate back to ``text`` exactly (the server's segmenter joins fragments); empty
+    fragments are left out (the server refuses them)."""
+    pieces: list[str] = []
+    while len(text) > limit:
+        cut = max(text.rfind(" ", limit // 2, limit), text.rfind("\n", limit // 2, limit))
+        cut = cut + 1 if cut > 0 else limit
+        pieces.append(text[:cut])
+        text = text[cut:]
+    if text:
+        pieces.append(text)
+    return pieces

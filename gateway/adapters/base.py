@@ -3,9 +3,10 @@ credentials, and the one glue coroutine that runs a translator against a normal 
 
 An adapter is a sans-I/O ``Translator``: vendor client messages in (``receive_client``), protocol v1
 client messages out (``to_session()``); protocol v1 events in (``receive_event``), vendor messages out
-(``to_client()``). ``serve_translator`` wires one to a vendor WebSocket and an in-process voxgate
-session (``Gateway.open_local_session``): same sessions, segmenter, scheduler and engine as
-``/v1/stream``, no second pipeline, and one vendor socket's bad input only reaches its own session.
+(``to_client()``). ``serve_translator`` wires one to a vendor WebSocket and an in-process session on
+the hub (``Gateway.open_local_session``, ``gateway.local.LocalSession``): same sessions, segmenter,
+scheduler and engine as ``/v1/stream``, no second pipeline, and one vendor socket's bad input only
+reaches its own session.
 """
 
 from __future__ import annotations
