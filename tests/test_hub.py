@@ -285,11 +285,18 @@ def test_a_later_piece_is_not_due_until_the_first_frame_has_left() -> None:
 # --- engine failures --------------------------------------------------------------------------
 
 
+def two_quiet_sessions(hub: Hub, now: float) -> tuple[SessionEntry, SessionEntry]:
+    """Two sessions whose ``session.created`` is already sent."""
+    a, b = open_session(hub, now), open_session(hub, now)
+    sent(hub, a, now)
+    sent(hub, b, now)
+    return a, b
+
+
 def test_a_failed_batch_fails_only_its_contexts() -> None:
     clock = FakeClock()
     hub = make_hub()
-    a, b = open_session(hub, clock.now), open_session(hub, clock.now)
-    sent(hub, a, clock.now), sent(hub, b, clock.now)
+    a, b = two_quiet_sessions(hub, clock.now)
     say(hub, a, "a1", "This one fails.", clock.now)
     phonemize_all(hub, clock.now)
     job = hub.next_batch(clock.advance(0.01))
@@ -298,11 +305,8 @@ def test_a_failed_batch_fails_only_its_contexts() -> None:
     phonemize_all(hub, clock.now)
 
     hub.batch_failed(job, clock.advance(0.01))
-    assert [(m["type"], m.get("code"), m.get("context_id")) for m in sent(hub, a, clock.now) if isinstance(m, dict)][-1] == (
-        "error",
-        "engine_failed",
-        "a1",
-    )
+    last = sent(hub, a, clock.now)[-1]
+    assert (last["type"], last["code"], last["context_id"]) == ("error", "engine_failed", "a1")
     run_engine(hub, clock.advance(0.01))
     assert types(sent(hub, b, clock.now))[-1] == "context.done"
     assert a.session.close_code is None  # the session itself goes on
@@ -311,8 +315,7 @@ def test_a_failed_batch_fails_only_its_contexts() -> None:
 def test_one_failed_piece_of_a_batch_fails_only_its_context() -> None:
     clock = FakeClock()
     hub = make_hub()
-    a, b = open_session(hub, clock.now), open_session(hub, clock.now)
-    sent(hub, a, clock.now), sent(hub, b, clock.now)
+    a, b = two_quiet_sessions(hub, clock.now)
     say(hub, a, "a1", "This one fails.", clock.now)
     say(hub, b, "b1", "This one is fine.", clock.now)
     phonemize_all(hub, clock.now)
