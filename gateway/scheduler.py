@@ -1,6 +1,6 @@
 """Cross-session micro-batching: decides which pieces the engine synthesizes next.
 
-Pure logic, no I/O, no threads; time comes in as ``now``. The server's loop calls, in order::
+Pure logic, no I/O, no threads; time comes in as ``now``. The hub (``gateway.hub``) calls, in order::
 
     scheduler.add(piece)                      # whenever a session has a phonemized piece
     batch = scheduler.schedule(now)           # when the engine is idle; None: nothing to do yet

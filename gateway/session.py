@@ -1,7 +1,7 @@
 """One client session as a sans-I/O state machine.
 
-The server feeds it (``receive_text``, ``receive_binary``, ``receive_timeout``, ``receive_audio``,
-``receive_failure``, ``receive_dropped``) and drains it (``pieces_to_schedule``,
+The hub (``gateway.hub``) feeds it (``receive_text``, ``receive_binary``, ``receive_timeout``,
+``receive_audio``, ``receive_failure``, ``receive_dropped``) and drains it (``pieces_to_schedule``,
 ``contexts_to_cancel``, ``contexts_finished``, ``next_outgoing``). It never touches a socket, a thread
 or a clock: ``now`` is always passed in.
 
