@@ -53,7 +53,6 @@ def release_garbage() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)  # glibc: hand freed arenas back, so RSS starts low
 
 
-
 def wait_for_quiet(max_wait_s: float, *, threshold_cores: float = QUIET_CORES) -> float | None:
     """Wait (up to ``max_wait_s``) until the machine's CPU, measured over 1 s, is below
     ``threshold_cores`` busy; we are idle between cells, so that is other processes' load.
@@ -68,4 +67,3 @@ def wait_for_quiet(max_wait_s: float, *, threshold_cores: float = QUIET_CORES) -
         load = (after - before) / (t1 - t0)
         if load < threshold_cores or time.monotonic() >= deadline:
             return load
-

@@ -66,7 +66,6 @@ class _SharedEngine(Engine):
         return self.inner.describe()
 
 
-
 def _histogram(histogram: Any) -> tuple[float, float]:
     """(sum, count) of a prometheus_client histogram."""
     total = count = 0.0
@@ -297,7 +296,6 @@ def _calibrate(engine: _SharedEngine, *, repeats: int = 2) -> dict[str, float] |
     return best
 
 
-
 def _load_engine(config: Any, simulate_rtf: float) -> _SharedEngine:
     from gateway.engines import create_engine
 
@@ -438,4 +436,3 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 
 def _jsonable(value: Any) -> Any:
     return value if isinstance(value, (str, int, float, bool, type(None), list, dict)) else str(value)
-
