@@ -151,12 +151,10 @@ async def _client_session(index: int, url: str, spec: dict[str, Any], t0: float,
 
 def _longest_pause_ms(pcm: list[bytes]) -> float:
     """Longest silence inside a turn's audio (``bench quality``'s measure: 20 ms frames under -45 dBFS)."""
-    import numpy as np
-
     from gateway.bench.quality import longest_inner_silence_ms
+    from gateway.pcm import from_pcm16
 
-    samples = np.frombuffer(b"".join(pcm), dtype="<i2").astype(np.float32) / 32768.0
-    return longest_inner_silence_ms(samples, SAMPLE_RATE)
+    return longest_inner_silence_ms(from_pcm16(b"".join(pcm)), SAMPLE_RATE)
 
 
 async def run_clients(spec: dict[str, Any]) -> dict[str, Any]:
