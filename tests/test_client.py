@@ -235,7 +235,7 @@ async def test_reconnect_resumes_the_session_replays_lost_frames_and_ends_cut_sp
             while runtime.session.contexts:
                 await asyncio.sleep(0.05)
             cut = client.speak(LONG_TEXT)  # still being synthesized when the connection drops
-            await asyncio.sleep(0.05)
+            await eventually(lambda: bool(runtime.session.contexts))  # the server has it open
             client._transport.abort()  # type: ignore[union-attr]
 
             chunks: list[AudioChunk] = []
