@@ -15,6 +15,8 @@ import numpy as np
 import soxr
 
 from gateway.codecs import PACKET_FORMATS, PacketEncoder
+from gateway.pcm import from_pcm16, to_pcm16
+from gateway.protocol import SAMPLE_RATE
 
 __all__ = ["ContextEncoder", "encode_samples", "decode_samples", "ulaw_encode", "ulaw_decode", "ULAW_RATE"]
 
@@ -25,7 +27,7 @@ _ULAW_CLIP: Final = 32_635
 
 def ulaw_encode(samples: np.ndarray) -> bytes:
     """G.711 mu-law bytes for float samples in [-1, 1]."""
-    pcm = np.clip(np.round(samples * 32_767.0), -32_768, 32_767).astype(np.int32)
+    pcm = to_pcm16(samples).astype(np.int32)
     sign = np.where(pcm < 0, 0x80, 0x00)
     magnitude = np.minimum(np.abs(pcm), _ULAW_CLIP) + _ULAW_BIAS
     exponent = np.floor(np.log2(magnitude)).astype(np.int32) - 7
@@ -46,7 +48,7 @@ def ulaw_decode(data: bytes) -> np.ndarray:
 def encode_samples(samples: np.ndarray, audio_format: str) -> bytes:
     """Bytes of one frame in ``pcm_s16le``, ``pcm_f32le`` or ``ulaw``."""
     if audio_format == "pcm_s16le":
-        return np.clip(np.round(samples * 32_767.0), -32_768, 32_767).astype("<i2").tobytes()
+        return to_pcm16(samples).tobytes()
     if audio_format == "pcm_f32le":
         return np.asarray(samples, dtype="<f4").tobytes()
     if audio_format == "ulaw":
@@ -57,7 +59,7 @@ def encode_samples(samples: np.ndarray, audio_format: str) -> bytes:
 def decode_samples(payload: bytes, audio_format: str) -> np.ndarray:
     """Float32 samples from a frame payload: what clients and tests do with a frame."""
     if audio_format == "pcm_s16le":
-        return np.frombuffer(payload, dtype="<i2").astype(np.float32) / 32_767.0
+        return from_pcm16(payload)
     if audio_format == "pcm_f32le":
         return np.frombuffer(payload, dtype="<f4").astype(np.float32)
     if audio_format == "ulaw":
@@ -77,7 +79,7 @@ class ContextEncoder:
     ``finish()`` then always returns at least one frame, the one carrying the flushed codec tail.
     """
 
-    def __init__(self, *, audio_format: str, sample_rate: int, frame_ms: int, source_rate: int = 24_000) -> None:
+    def __init__(self, *, audio_format: str, sample_rate: int, frame_ms: int, source_rate: int = SAMPLE_RATE) -> None:
         self.audio_format = audio_format
         self.sample_rate = sample_rate
         self.frame_samples = max(1, sample_rate * frame_ms // 1000)

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from gateway.config import Config, ConfigError, load_config, parse_overrides
+from gateway.protocol import STREAM_PATH
 
 __all__ = ["main", "build_parser", "config_from_args"]
 
@@ -33,13 +34,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     voices = sub.add_parser("voices", help="list the voices of the configured engine (or of a server with --url)")
     _add_config_flags(voices)
-    voices.add_argument("--url", help="ask a running server instead, e.g. ws://127.0.0.1:8765/v1/stream")
+    voices.add_argument("--url", help=f"ask a running server instead, e.g. ws://127.0.0.1:8765{STREAM_PATH}")
 
     say = sub.add_parser("say", help="speak text into a WAV file, through a server or --local")
     _add_config_flags(say)
     say.add_argument("text")
     say.add_argument("-o", "--output", default="out.wav")
-    say.add_argument("--url", default="ws://127.0.0.1:8765/v1/stream")
+    say.add_argument("--url", default=f"ws://127.0.0.1:8765{STREAM_PATH}")
     say.add_argument("--local", action="store_true", help="run the engine in-process instead of a server")
     say.add_argument("--voice")
     say.add_argument("--speed", type=float, default=1.0)

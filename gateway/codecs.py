@@ -22,6 +22,8 @@ from typing import Final
 
 import numpy as np
 
+from gateway.pcm import to_pcm16
+
 __all__ = [
     "HTTP_FORMATS",
     "PACKET_FORMATS",
@@ -62,10 +64,6 @@ def check_packet_format(audio_format: str, sample_rate: int, frame_ms: int) -> s
     if audio_format == "mp3" and sample_rate not in MP3_RATES:
         return f"mp3 needs sample_rate in {', '.join(map(str, MP3_RATES))}"
     return None
-
-
-def _s16(samples: np.ndarray) -> np.ndarray:
-    return np.clip(np.round(np.asarray(samples, dtype=np.float32) * 32_767.0), -32_768, 32_767).astype(np.int16)
 
 
 def _codec_context(encoder: str, sample_rate: int, *, frame_ms: int | None = None):  # -> av.AudioCodecContext
@@ -141,7 +139,7 @@ class StreamEncoder:
         assert not self._finished, "push() after finish()"
         header, self._header = self._header, b""
         if self._container is None:
-            return header + _s16(samples).astype("<i2").tobytes()
+            return header + to_pcm16(samples).tobytes()
         if len(samples) == 0:
             return header
         self._mux(self._frame(samples))
@@ -165,7 +163,7 @@ class StreamEncoder:
         if self._frame_format == "fltp":
             data = np.asarray(samples, dtype=np.float32)[None, :]
         else:
-            data = _s16(samples)[None, :]
+            data = to_pcm16(samples)[None, :]
         frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(data), format=self._frame_format, layout="mono")
         frame.sample_rate = self.sample_rate
         frame.pts = self._pts
@@ -230,7 +228,7 @@ class PacketEncoder:
     def _frame(self, samples: np.ndarray):  # -> av.AudioFrame
         import av
 
-        frame = av.AudioFrame.from_ndarray(_s16(samples)[None, :], format=self._format, layout="mono")
+        frame = av.AudioFrame.from_ndarray(to_pcm16(samples)[None, :], format=self._format, layout="mono")
         frame.sample_rate = self.sample_rate
         frame.pts = self._pts
         frame.time_base = Fraction(1, self.sample_rate)

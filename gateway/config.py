@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from gateway.protocol import SAMPLE_RATE
+
 __all__ = [
     "AudioFormat",
     "SchedulerMode",
@@ -93,7 +95,7 @@ class SessionConfig:
     default_voice: str = ""
     default_lang: str = "en"
     default_format: AudioFormat = "pcm_s16le"
-    default_sample_rate: int = 24_000
+    default_sample_rate: int = SAMPLE_RATE
     default_frame_ms: int = 20
     max_contexts: int = 32
     max_text_chars_per_message: int = 4_000

@@ -20,6 +20,8 @@ from gateway.errors import ProtocolError
 
 __all__ = [
     "PROTOCOL_VERSION",
+    "STREAM_PATH",
+    "SAMPLE_RATE",
     "AUDIO_FORMATS",
     "FRAME_HEADER",
     "FrameFlags",
@@ -38,6 +40,10 @@ __all__ = [
 ]
 
 PROTOCOL_VERSION: Final = "v1"
+#: The WebSocket path of protocol v1 (``ws://host:port/v1/stream``).
+STREAM_PATH: Final = "/v1/stream"
+#: The rate every engine produces (Kokoro's 24 kHz mono) and a session's default ``sample_rate``.
+SAMPLE_RATE: Final = 24_000
 AUDIO_FORMATS: Final = ("pcm_s16le", "pcm_f32le", "ulaw", "opus", "mp3")
 # seq u32, context index u32, sample offset u32, flags u16, reserved u16: little-endian, 16 bytes.
 FRAME_HEADER: Final = struct.Struct("<IIIHH")

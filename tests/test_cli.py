@@ -13,6 +13,7 @@ from gateway.cli import main
 from gateway.client import VoxgateClient, VoxgateClientError
 from gateway.client_sync import say_to_wav
 from gateway.config import load_config
+from gateway.engines.tiny import TINY_VOICE_NAMES
 from tests.utils import run_server, test_config
 
 TEXT = "Hello there! How are you?"
@@ -42,8 +43,8 @@ def test_say_local_with_the_tiny_engine_writes_a_valid_wav(tmp_path: Path, capsy
 def test_voices_with_the_tiny_engine_prints_one_voice_per_line(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["voices", *TINY]) == 0
 
-    printed = capsys.readouterr().out.split()
-    assert printed and len(printed) == len(set(printed))
+    # Exactly the tiny engine's voice ids, one per line, in the engine's order, nothing else.
+    assert capsys.readouterr().out == "".join(f"{voice}\n" for voice in TINY_VOICE_NAMES)
 
 
 async def test_say_and_voices_through_a_running_server_with_url(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

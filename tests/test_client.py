@@ -19,7 +19,7 @@ from gateway.client import (
     _split_text,
 )
 from gateway.client_sync import VoxgateSyncClient
-from tests.utils import run_server
+from tests.utils import eventually, run_server
 
 # Text waits for punctuation (not a timer), so fragmented and whole text cut into the same pieces.
 SERVER = {"session.max_buffer_ms": 10_000}
@@ -184,8 +184,7 @@ async def test_server_errors_surface_as_voxgate_client_errors_from_the_speech(ur
 
         # The session goes on, and the failed contexts are settled with the server.
         assert len(await client.speak("Fine again.").read_all()) > 0
-        await asyncio.sleep(0.05)
-        assert client._by_id == {}
+        await eventually(lambda: client._by_id == {})
 
 
 async def test_session_errors_are_raised_from_connect_or_update(url: str) -> None:
@@ -236,7 +235,7 @@ async def test_reconnect_resumes_the_session_replays_lost_frames_and_ends_cut_sp
             while runtime.session.contexts:
                 await asyncio.sleep(0.05)
             cut = client.speak(LONG_TEXT)  # still being synthesized when the connection drops
-            await asyncio.sleep(0.05)
+            await eventually(lambda: bool(runtime.session.contexts))  # the server has it open
             client._transport.abort()  # type: ignore[union-attr]
 
             chunks: list[AudioChunk] = []

@@ -1,10 +1,23 @@
 from __future__ import annotations
 
+import dataclasses
+import typing
 from pathlib import Path
 
 import pytest
 
-from gateway.config import ConfigError, load_config
+from gateway.config import (
+    Config,
+    ConfigError,
+    EngineConfig,
+    SchedulerConfig,
+    SegmenterConfig,
+    SessionConfig,
+    load_config,
+)
+from gateway.engines import create_engine
+from gateway.scheduler import Scheduler
+from gateway.session import Session
 
 
 def test_defaults_load_from_the_repository_config() -> None:
@@ -39,5 +52,13 @@ def test_bad_settings_are_rejected_with_their_name(overrides: dict, fragment: st
 
 
 def test_each_component_gets_only_its_own_section() -> None:
-    config = load_config(environ={})
-    assert not hasattr(config.scheduler, "weights")
+    # A setting lands in its own section and nowhere else...
+    defaults = load_config(environ={})
+    config = load_config(overrides={"scheduler.max_wait_ms": defaults.scheduler.max_wait_ms + 1}, environ={})
+    changed = [f.name for f in dataclasses.fields(Config) if getattr(config, f.name) != getattr(defaults, f.name)]
+    assert changed == ["scheduler"]
+    # ...and each component is built from its section, not from the whole tree.
+    assert typing.get_type_hints(Scheduler.__init__)["config"] is SchedulerConfig
+    session_hints = typing.get_type_hints(Session.__init__)
+    assert (session_hints["config"], session_hints["segmenter_config"]) == (SessionConfig, SegmenterConfig)
+    assert typing.get_type_hints(create_engine)["config"] is EngineConfig

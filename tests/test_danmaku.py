@@ -315,6 +315,23 @@ def test_a_viewer_over_the_rate_limit_is_dropped_and_the_bucket_refills_over_tim
     assert policy.add(chat("spammer", "after a pause")).outcome == "queued"
 
 
+def test_idle_viewers_buckets_are_pruned_but_a_drained_one_keeps_its_debt() -> None:
+    clock = FakeClock()
+    policy = make_policy(clock, viewer_rate_per_s=0.2, viewer_burst=2.0, max_queued=1)
+    for i in range(10_000):  # one bucket each
+        policy.add(chat(f"v{i}", "hi"))
+    clock.advance(5.0)
+    for text in ("one", "two", "three"):  # the spammer drains its bucket: "three" is over it
+        policy.add(chat("spammer", text))
+    clock.advance(5.5)  # the viewers' buckets are full again (burst / rate = 10 s), the spammer's not
+    policy.add(chat("newcomer", "hello"))  # the 10 002nd bucket: the full ones are forgotten
+    assert set(policy._buckets) == {"spammer", "newcomer"}
+    for text in ("four", "five"):  # 1.1 tokens back since "three": one comment, not a fresh burst
+        policy.add(chat("spammer", text))
+    limited = [d.comment_id for d in policy.report.dropped if d.reason == "rate_limited"]
+    assert limited == ["spammer:three", "spammer:five"]
+
+
 def test_one_viewer_spamming_does_not_inflate_a_merged_count() -> None:
     clock = FakeClock()
     policy = make_policy(clock, viewer_rate_per_s=0.2, viewer_burst=2.0)

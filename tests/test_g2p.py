@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from gateway.engines.base import MAX_PHONEMES
 from gateway.text import g2p as g2p_module
-from gateway.text import g2p_bounds
+from gateway.text import g2p_backends, g2p_bounds, g2p_split
 from gateway.text.g2p import G2P, PhonemePiece, UnsupportedLanguage, load_vocab
 
 PARAGRAPH = (
@@ -143,11 +143,11 @@ def test_english_never_downloads_the_spacy_model(
 def test_our_misaki_subclass_sets_exactly_what_misakis_init_sets() -> None:
     from misaki import cutlet, en
 
-    assert g2p_module._stored_attributes(en.G2P.__init__) == g2p_module.MISAKI_EN_ATTRIBUTES
-    offline = g2p_module._misaki_en_class()
-    assert g2p_module._stored_attributes(offline.__init__) == g2p_module.MISAKI_EN_ATTRIBUTES
+    assert g2p_backends._stored_attributes(en.G2P.__init__) == g2p_backends.MISAKI_EN_ATTRIBUTES
+    offline = g2p_backends._misaki_en_class()
+    assert g2p_backends._stored_attributes(offline.__init__) == g2p_backends.MISAKI_EN_ATTRIBUTES
     assert (
-        g2p_module._stored_attributes(cutlet.Cutlet.__init__) == g2p_module.MISAKI_CUTLET_ATTRIBUTES
+        g2p_backends._stored_attributes(cutlet.Cutlet.__init__) == g2p_backends.MISAKI_CUTLET_ATTRIBUTES
     )
 
 
@@ -228,7 +228,7 @@ def test_espeak_fallback_splits_long_text_under_the_limit(
 def test_english_falls_back_to_espeak_when_no_spacy_model_is_installed(
     monkeypatch: pytest.MonkeyPatch, no_network: None
 ) -> None:
-    monkeypatch.setattr(g2p_module, "_SPACY_PACKAGES", ("no_such_spacy_model",))
+    monkeypatch.setattr(g2p_backends, "_SPACY_PACKAGES", ("no_such_spacy_model",))
     g2p = G2P("en")
     g2p.load()
     assert g2p.backend_name == "espeak"
@@ -284,16 +284,16 @@ def test_long_chinese_text_is_cut_under_the_limit(chinese: G2P, vocab: frozenset
 # -- the 510 splitter on its own ------------------------------------------------------------------
 
 _WORD_TOKENS = st.builds(
-    lambda ps, space: g2p_module._Token(ps, ps, " " if space else "", space),
+    lambda ps, space: g2p_split._Token(ps, ps, " " if space else "", space),
     st.text(alphabet="abdəɪˈː", min_size=1, max_size=14),
     st.booleans(),
 )
 _PUNCT_TOKENS = st.builds(
-    lambda ps, space: g2p_module._Token(ps, ps, " " if space else "", space),
+    lambda ps, space: g2p_split._Token(ps, ps, " " if space else "", space),
     st.sampled_from([".", ",", ";", ":", "!", "?", "—", "…", ")", "”", "("]),
     st.booleans(),
 )
-_EMPTY_TOKENS = st.builds(lambda: g2p_module._Token("$", "", "", False))
+_EMPTY_TOKENS = st.builds(lambda: g2p_split._Token("$", "", "", False))
 
 
 @settings(max_examples=300, deadline=None)
@@ -304,10 +304,10 @@ _EMPTY_TOKENS = st.builds(lambda: g2p_module._Token("$", "", "", False))
     max_len=st.integers(4, 60),
 )
 def test_the_splitter_keeps_every_phoneme_and_respects_the_limit(
-    tokens: list[g2p_module._Token], max_len: int
+    tokens: list[g2p_split._Token], max_len: int
 ) -> None:
-    whole, _ = g2p_module._join(tokens)
-    pieces = g2p_module._split(tokens, max_len)
+    whole, _ = g2p_split._join(tokens)
+    pieces = g2p_split._split(tokens, max_len)
     for piece in pieces:
         assert 0 < len(piece.phonemes) <= max_len
         for word in piece.words:
@@ -318,14 +318,14 @@ def test_the_splitter_keeps_every_phoneme_and_respects_the_limit(
 
 
 def test_the_splitter_prefers_sentence_ends_then_clauses_then_commas() -> None:
-    def toks(*items: str) -> list[g2p_module._Token]:
-        return [g2p_module._Token(x, x, " ", True) for x in items]
+    def toks(*items: str) -> list[g2p_split._Token]:
+        return [g2p_split._Token(x, x, " ", True) for x in items]
 
-    sentence = g2p_module._split(toks("aaaa", ",", "bbbb", ".", "cccc", ";", "dddd", "eeee"), 24)
+    sentence = g2p_split._split(toks("aaaa", ",", "bbbb", ".", "cccc", ";", "dddd", "eeee"), 24)
     assert [p.phonemes for p in sentence] == ["aaaa , bbbb .", "cccc ; dddd eeee"]
-    clause = g2p_module._split(toks("aaaa", ",", "bbbb", ";", "cccc", ",", "dddd", "eeee"), 24)
+    clause = g2p_split._split(toks("aaaa", ",", "bbbb", ";", "cccc", ",", "dddd", "eeee"), 24)
     assert [p.phonemes for p in clause] == ["aaaa , bbbb ;", "cccc , dddd eeee"]
-    words = g2p_module._split(toks("aaaa", "bbbb", "cccc", "dddd", "eeee", "ffff"), 12)
+    words = g2p_split._split(toks("aaaa", "bbbb", "cccc", "dddd", "eeee", "ffff"), 12)
     assert [p.phonemes for p in words] == ["aaaa bbbb", "cccc dddd", "eeee ffff"]
 
 

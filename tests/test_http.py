@@ -8,7 +8,7 @@ import logging
 import socket
 import struct
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
@@ -21,7 +21,7 @@ from gateway.config import ConfigError
 from gateway.engines.kokoro import KokoroEngine
 from gateway.http import HttpRequest
 from gateway.server import Gateway
-from tests.utils import run_server, test_config
+from tests.utils import eventually, run_server, test_config
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -121,12 +121,6 @@ def post(path: str, body: bytes, *headers: str) -> bytes:
 
 def speech_body(**fields: Any) -> bytes:
     return orjson.dumps({"model": "tts-1", **fields})
-
-
-async def eventually(check: Callable[[], bool], timeout: float = 30.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not check():
-            await asyncio.sleep(0.05)
 
 
 UPGRADE = ["Upgrade: websocket", "Connection: Upgrade", "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==", "Sec-WebSocket-Version: 13"]

@@ -13,7 +13,7 @@ import pytest
 from websockets.asyncio.client import connect
 
 from gateway.audio import decode_samples
-from tests.utils import ClientRun, done_contexts, run_client, run_server
+from tests.utils import ClientRun, done_contexts, eventually, run_client, run_server
 
 TEXTS = [
     "The quick brown fox jumps over the lazy dog.",
@@ -214,10 +214,13 @@ async def test_bad_input_is_answered_with_its_code_and_harms_no_one() -> None:
 
 
 async def test_a_client_that_never_reads_does_not_slow_the_others_and_stays_bounded() -> None:
+    # Event order, not wall-clock: once the hog is paused, other sessions are served to their
+    # context.done while the hog's own pieces still wait in the queue (they overtake it). How much
+    # the hog costs the others' time to first audio is a figure of `voxgate bench attack`
+    # (scenario never_reading_ws), not a test.
     overrides = dict(SERVER, **{"session.output_high_water_ms": 2_000, "session.output_low_water_ms": 1_000})
     async with run_server(overrides) as gw:
         url = f"ws://127.0.0.1:{gw.port}/v1/stream"
-        baseline = [await speak(url, TEXTS[i]) for i in range(3)]
         import socket
 
         sock = socket.socket()
@@ -233,22 +236,17 @@ async def test_a_client_that_never_reads_does_not_slow_the_others_and_stays_boun
             for part in fragments(story, 2_000):  # under the per-message text limit
                 await hog.send(msg(type="text", context_id="hog", text=part))
             await hog.send(msg(type="flush", context_id="hog", final=True))
-            await asyncio.sleep(6.0)
-            loaded = [await speak(url, TEXTS[i]) for i in range(3)]
-            slow = max(gw._runtimes.values(), key=lambda rt: rt.session.queued_audio_ms)
+            await eventually(lambda: any(rt.session.paused for rt in gw._runtimes.values()))
+            slow = next(rt for rt in gw._runtimes.values() if rt.session.paused)
+            assert gw.scheduler is not None
+            for text in TEXTS[:3]:
+                run = await speak(url, text)
+                assert run.of_type("context.done") and run.frames
+                assert slow.session.paused and gw.scheduler.num_queued > 0, "the hog was served first"
             queued_ms = slow.session.queued_audio_ms
-            paused = slow.session.paused
         finally:
             await hog.close()
-
-    def ttfa(run: ClientRun) -> float:
-        assert run.first_frame_at is not None
-        return run.first_frame_at - run.started_at
-
-    base = np.median([ttfa(r) for r in baseline])
-    with_hog = np.median([ttfa(r) for r in loaded])
-    assert with_hog < 4 * base + 0.5, (base, with_hog)
-    assert paused and queued_ms < 2_000 + 15_000  # high-water mark plus at most the pieces in flight
+    assert queued_ms < 2_000 + 15_000  # high-water mark plus at most the pieces in flight
 
 
 async def test_http_endpoints_answer_and_metrics_expose_the_named_series() -> None:

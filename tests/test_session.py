@@ -121,10 +121,25 @@ def test_after_cancelled_no_frame_of_that_context_follows_and_seq_stays_gap_free
 def test_cancel_is_idempotent_and_answers_unknown_contexts() -> None:
     s = make_session()
     drain(s)
+    send(s, type="text", context_id="c", text="Hello there, my friend. How are you doing today?")
+    send(s, type="flush", context_id="c", final=True)
+    requests = s.pieces_to_schedule()
+    synthesize(s, requests[:1])
+    send(s, type="cancel", context_id="c")
+    send(s, type="cancel", context_id="c")  # the same cancel again, before the scheduler has heard of the first
+    send(s, type="cancel")  # and "cancel everything", with nothing left open
+    # The scheduler is told once; results arriving after the cancel change nothing.
+    assert [c.context_id for c in s.contexts_to_cancel()] == ["c"]
+    assert s.contexts_to_cancel() == []
+    synthesize(s, requests[1:])
+    assert s.contexts_to_cancel() == [] and s.pieces_to_schedule() == []
     send(s, type="cancel", context_id="nope")
-    send(s, type="cancel")
     out = drain(s)
-    assert [o["type"] for o in out] == ["cancelled", "cancelled"]
+    # Every cancel is answered, each with the same last_seq (nothing was sent in between), and no
+    # audio, context.done or second purge follows.
+    answers = messages(out, "cancelled")
+    assert [(a["context_id"], a["last_seq"]) for a in answers] == [("c", None), ("c", None), (None, None), ("nope", None)]
+    assert [o["type"] for o in out] == ["context.started"] + ["cancelled"] * 4
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,7 @@ from gateway.config import Config, SchedulerConfig, load_config
 from gateway.protocol import decode_audio_frame
 from gateway.scheduler import Piece, Scheduler
 
-__all__ = ["FakeClock", "make_scheduler", "make_pieces", "test_config", "run_server", "ClientRun", "run_client"]
+__all__ = ["FakeClock", "make_scheduler", "make_pieces", "test_config", "run_server", "ClientRun", "run_client", "eventually"]
 
 
 class FakeClock:
@@ -92,8 +92,6 @@ class ClientRun:
 
     messages: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     frames: list[tuple[Any, bytes]] = dataclasses.field(default_factory=list)
-    first_frame_at: float | None = None
-    started_at: float = 0.0
 
     def of_type(self, kind: str) -> list[dict[str, Any]]:
         return [m for m in self.messages if m["type"] == kind]
@@ -116,15 +114,12 @@ async def run_client(
     """Connect, run ``script(ws)`` (sends), and collect everything until ``until(run)`` holds."""
     from websockets.asyncio.client import connect
 
-    loop = asyncio.get_running_loop()
-    run = ClientRun(started_at=loop.time())
+    run = ClientRun()
     async with connect(url, max_size=2**24) as ws:
 
         async def reader() -> None:
             async for raw in ws:
                 if isinstance(raw, bytes):
-                    if run.first_frame_at is None:
-                        run.first_frame_at = loop.time()
                     run.frames.append(decode_audio_frame(raw))
                 else:
                     run.messages.append(orjson.loads(raw))
@@ -135,6 +130,13 @@ async def run_client(
         await script(ws)
         await asyncio.wait_for(read_task, timeout)
     return run
+
+
+async def eventually(check: Callable[[], bool], timeout: float = 30.0) -> None:
+    """Wait until ``check()`` holds (polled every 50 ms): wait for an event, not for a guessed time."""
+    async with asyncio.timeout(timeout):
+        while not check():
+            await asyncio.sleep(0.05)
 
 
 def done_contexts(n: int) -> Callable[[ClientRun], bool]:

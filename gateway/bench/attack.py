@@ -34,6 +34,7 @@ from websockets.asyncio.client import connect
 from gateway.bench.machine import describe_machine
 from gateway.bench.soak import _rss_mib
 from gateway.config import REPO_ROOT
+from gateway.protocol import STREAM_PATH
 
 __all__ = ["main", "ScenarioResult", "SCENARIOS"]
 
@@ -110,7 +111,7 @@ async def ttfa(port: int, timeout: float = 20.0) -> float | None:
     started = time.monotonic()
     try:
         async with asyncio.timeout(timeout):
-            async with connect(f"ws://{HOST}:{port}/v1/stream", open_timeout=timeout) as ws:
+            async with connect(f"ws://{HOST}:{port}{STREAM_PATH}", open_timeout=timeout) as ws:
                 await ws.recv()
                 started = time.monotonic()
                 await ws.send(orjson.dumps({"type": "text", "context_id": "p", "text": PROBE_TEXT}).decode())
@@ -165,7 +166,7 @@ async def _non_reading_ws(port: int) -> Any:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     sock.connect((HOST, port))
     sock.setblocking(False)
-    return await connect(f"ws://{HOST}:{port}/v1/stream", sock=sock, max_queue=1, open_timeout=20)
+    return await connect(f"ws://{HOST}:{port}{STREAM_PATH}", sock=sock, max_queue=1, open_timeout=20)
 
 
 async def never_reading_ws(port: int, stop: asyncio.Event) -> dict[str, Any]:
@@ -208,7 +209,7 @@ async def long_plain_text_control(port: int, stop: asyncio.Event) -> dict[str, A
 
 async def _speak_contexts(port: int, stop: asyncio.Event, texts: dict[str, str]) -> dict[str, Any]:
     answers: dict[str, str] = {}
-    async with connect(f"ws://{HOST}:{port}/v1/stream", max_size=2**24, open_timeout=20) as ws:
+    async with connect(f"ws://{HOST}:{port}{STREAM_PATH}", max_size=2**24, open_timeout=20) as ws:
         await ws.recv()
         for name, text in texts.items():
             await ws.send(_msg(type="text", context_id=name, text=text[:4000]))
@@ -260,7 +261,7 @@ async def big_replay(port: int, stop: asyncio.Event) -> dict[str, Any]:
         if stop.is_set():
             break
         async with asyncio.timeout(30):
-            ws = await connect(f"ws://{HOST}:{port}/v1/stream", max_size=2**24, open_timeout=20)
+            ws = await connect(f"ws://{HOST}:{port}{STREAM_PATH}", max_size=2**24, open_timeout=20)
             await ws.recv()
             await ws.send(_msg(type="session.update", format="pcm_f32le", sample_rate=48_000, frame_ms=1000))
             await ws.send(_msg(type="text", context_id=f"r{index}", text="Long speech for the replay buffer. " * 12))

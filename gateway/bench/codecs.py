@@ -20,10 +20,11 @@ import numpy as np
 from gateway.bench.machine import describe_machine
 from gateway.codecs import HTTP_FORMATS, PACKET_FORMATS, PacketEncoder, StreamEncoder
 from gateway.config import REPO_ROOT
+from gateway.protocol import SAMPLE_RATE
 
 __all__ = ["main", "measure"]
 
-RATE = 24_000
+RATE = SAMPLE_RATE
 
 
 def _signal(seconds: float) -> np.ndarray:

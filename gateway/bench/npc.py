@@ -35,6 +35,7 @@ from typing import Any
 
 from gateway.bench.machine import machine_info
 from gateway.bench.soak import _wait_for_port
+from gateway.protocol import STREAM_PATH
 
 __all__ = ["NpcBenchReport", "run_npc_bench", "main"]
 
@@ -183,7 +184,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     try:
         if proc is not None:
-            url = f"ws://127.0.0.1:{_wait_for_port(proc)}/v1/stream"
+            url = f"ws://127.0.0.1:{_wait_for_port(proc)}{STREAM_PATH}"
         started = time.monotonic()
         report = asyncio.run(run_npc_bench(
             url, rounds=args.rounds, engine=args.engine if proc else "external", token=args.token,

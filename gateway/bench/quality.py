@@ -49,10 +49,12 @@ from typing import Any
 import numpy as np
 
 from gateway.bench.machine import machine_info
+from gateway.pcm import from_pcm16, to_pcm16
+from gateway.protocol import SAMPLE_RATE, STREAM_PATH
 
 __all__ = ["SENTENCES", "silence_runs", "longest_inner_silence_ms", "playback_stalls_ms", "word_error_rate", "main"]
 
-RATE = 24_000
+RATE = SAMPLE_RATE
 FRAME_MS = 20
 SILENCE_DBFS = -45.0
 
@@ -318,7 +320,7 @@ def _start_server(args: argparse.Namespace) -> tuple[subprocess.Popen[bytes], st
         command += ["--set", item]
     env = dict(os.environ)
     proc = subprocess.Popen(command, env=env)
-    url = f"ws://127.0.0.1:{port}/v1/stream"
+    url = f"ws://127.0.0.1:{port}{STREAM_PATH}"
     deadline = time.monotonic() + args.start_timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -464,7 +466,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         stem = args.score.with_suffix("")
         result = json.loads(args.score.read_text())
         with np.load(stem.with_suffix(".npz")) as saved:
-            audio = {k: saved[k].astype(np.float32) / 32767.0 for k in saved.files}
+            audio = {k: from_pcm16(saved[k]) for k in saved.files}
         _score(result["rows"], audio, args)
         result["summary"] = summarize(result["rows"])
         _write(result, stem)
@@ -495,6 +497,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.out_dir.mkdir(parents=True, exist_ok=True)
     stem = args.out_dir / f"quality-{args.label}-{socket.gethostname()}-{_dt.datetime.now(_dt.UTC).strftime('%Y%m%d-%H%M')}"
     # The audio, as 16-bit PCM, for --score and for listening (not committed: large).
-    np.savez_compressed(stem.with_suffix(".npz"), **{k: np.clip(v * 32767, -32768, 32767).astype(np.int16) for k, v in audio.items()})
+    np.savez_compressed(stem.with_suffix(".npz"), **{k: to_pcm16(v) for k, v in audio.items()})
     _write(result, stem)
     return 0

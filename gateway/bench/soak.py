@@ -29,7 +29,7 @@ from websockets.asyncio.client import connect
 
 from gateway.bench.machine import describe_machine
 from gateway.config import REPO_ROOT
-from gateway.protocol import decode_audio_frame
+from gateway.protocol import STREAM_PATH, decode_audio_frame
 
 __all__ = ["main", "SoakReport", "run_soak"]
 
@@ -167,7 +167,7 @@ def run_soak(*, duration_s: float, engine: str, clients: int, seed: int = 0, war
     )
     try:
         port = _wait_for_port(proc)
-        url = f"ws://127.0.0.1:{port}/v1/stream"
+        url = f"ws://127.0.0.1:{port}{STREAM_PATH}"
         start = time.monotonic()
 
         async def sampler(deadline: float) -> None:

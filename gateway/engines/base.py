@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from gateway.protocol import SAMPLE_RATE
+
 __all__ = [
     "SAMPLE_RATE",
     "SAMPLES_PER_FRAME",
@@ -27,7 +29,6 @@ __all__ = [
     "default_seed",
 ]
 
-SAMPLE_RATE = 24_000
 # One predicted duration unit is 600 samples (25 ms at 24 kHz): hop 5 x upsampling 120.
 SAMPLES_PER_FRAME = 600
 # ALBERT has 512 positions; two are the boundary tokens.

@@ -328,7 +328,7 @@ def local_deployment(app_args: Mapping[str, Any], *, num_cpus: int = 2) -> Itera
         runtime_env={"env_vars": {"PYTHONPATH": str(REPO_ROOT)}},
     )
     try:
-        serve.start(http_options={"location": "NoServer"})
+        serve.start(proxy_location="Disabled")  # no HTTP proxy: front ends call handles
         serve.run(build_app(app_args), name=APP_NAME, route_prefix=None)
         yield
     finally:

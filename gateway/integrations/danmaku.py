@@ -28,6 +28,8 @@ import numpy as np
 from gateway.integrations import danmaku_policy
 from gateway.integrations.danmaku_policy import *  # noqa: F403 - the policy's names, re-exported
 from gateway.integrations.danmaku_policy import Comment, DanmakuConfig, DanmakuPolicy, DanmakuReport, DropReason, Utterance
+from gateway.pcm import to_pcm16
+from gateway.protocol import SAMPLE_RATE
 
 __all__ = [
     *danmaku_policy.__all__,
@@ -166,11 +168,11 @@ class WavSink:
 
     def close(self) -> Path:
         """Write the file (24 kHz unless the session asked for another rate); returns its path."""
-        rate = self.sample_rate or 24_000
+        rate = self.sample_rate or SAMPLE_RATE
         audio = np.zeros(self._end, dtype=np.float32)
         for start, samples in self._parts:
             audio[start : start + len(samples)] = samples
-        pcm = np.clip(np.round(audio * 32_767.0), -32_768, 32_767).astype("<i2")
+        pcm = to_pcm16(audio)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with wave.open(str(self.path), "wb") as wav:
             wav.setnchannels(1)
@@ -298,7 +300,7 @@ class DanmakuResponder:
         )
         start_s: float | None = None
         num_samples = 0
-        sample_rate = 24_000
+        sample_rate = SAMPLE_RATE
         try:
             async for chunk in speech:
                 if start_s is None:

@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from gateway.protocol import STREAM_PATH
+
 __all__ = ["add_parser", "run", "CommandSink"]
 
 logger = logging.getLogger("voxgate.integrations.danmaku")
@@ -36,7 +38,7 @@ def add_parser(sub: Any, add_config_flags: Callable[[argparse.ArgumentParser], N
     parser = sub.add_parser("danmaku", help="read live-stream comments aloud: stdin/HTTP/WebSocket in, OBS overlay out")
     add_config_flags(parser)
     where = parser.add_mutually_exclusive_group()
-    where.add_argument("--url", default="ws://127.0.0.1:8765/v1/stream", help="a running voxgate gateway")
+    where.add_argument("--url", default=f"ws://127.0.0.1:8765{STREAM_PATH}", help="a running voxgate gateway")
     where.add_argument("--local", action="store_true", help="run a gateway in-process from the same config")
     parser.add_argument("--token", default=None, help="bearer token for --url")
     parser.add_argument("--stdin", action="store_true", help="read comments as JSON lines from stdin; end with it")

@@ -62,7 +62,7 @@ from gateway.integrations.danmaku import (
     parse_comment_line,
     parse_comment_lines,
 )
-from gateway.protocol import FrameFlags, encode_audio_frame
+from gateway.protocol import SAMPLE_RATE, FrameFlags, encode_audio_frame
 
 __all__ = ["LiveDanmaku", "OverlayHub", "parse_comments_body", "read_json_lines", "COMMENTS_PATH", "OVERLAY_PATH"]
 
@@ -146,7 +146,7 @@ class OverlayHub:
         self._offset = 0
         self._current: Utterance | None = None
         self._announced = False
-        self._sample_rate = 24_000
+        self._sample_rate = SAMPLE_RATE
         #: Utterances sent to pages, for ``/report``-style checks.
         self.num_utterances = 0
 

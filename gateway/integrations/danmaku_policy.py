@@ -46,6 +46,7 @@ from typing import Any, Literal
 
 from gateway.config import DanmakuConfig
 from gateway.integrations.danmaku_text import NetspeakNormalizer
+from gateway.ratelimit import TokenBucket
 
 __all__ = [
     "COMMENT_KINDS",
@@ -363,12 +364,6 @@ def _truncate(text: str, max_chars: int) -> str:
 # --- the policy -------------------------------------------------------------------------------
 
 
-@dataclass(slots=True)
-class _Bucket:
-    tokens: float
-    updated: float
-
-
 @dataclass(eq=False, slots=True)
 class _Group:
     """Comments that will be spoken as one utterance."""
@@ -421,7 +416,7 @@ class DanmakuPolicy:
         self._queued: list[_Group] = []
         #: Groups sent or spoken whose dedup window is still open, by id.
         self._recent: dict[str, _Group] = {}
-        self._buckets: dict[str, _Bucket] = {}
+        self._buckets: dict[str, TokenBucket] = {}
         self._seq = itertools.count()
         self._mentions = tuple(_mention_form(n) for n in self.config.streamer_names if n.strip())
         self._as_said = NetspeakNormalizer.from_config(self.config)
@@ -606,18 +601,13 @@ class DanmakuPolicy:
         if bucket is None:
             if len(self._buckets) > 10_000:
                 self._prune_buckets(now)
-            bucket = self._buckets[viewer] = _Bucket(cfg.viewer_burst, now)
-        bucket.tokens = min(cfg.viewer_burst, bucket.tokens + (now - bucket.updated) * cfg.viewer_rate_per_s)
-        bucket.updated = now
-        if bucket.tokens < 1.0:
-            return False
-        bucket.tokens -= 1.0
-        return True
+            bucket = self._buckets[viewer] = TokenBucket(cfg.viewer_rate_per_s, now, burst=cfg.viewer_burst)
+        return bucket.take(1.0, now)
 
     def _prune_buckets(self, now: float) -> None:
         cfg = self.config
         full_after = cfg.viewer_burst / cfg.viewer_rate_per_s
-        self._buckets = {v: b for v, b in self._buckets.items() if now - b.updated < full_after}
+        self._buckets = {v: b for v, b in self._buckets.items() if now - b.stamp < full_after}
 
     def _find_group(self, key: str, lang: str, now: float) -> _Group | None:
         cfg = self.config

@@ -22,11 +22,12 @@ from collections.abc import AsyncIterable, AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import orjson
 
 from gateway.integrations.npc.hook import LineHandle, NpcEvent, NpcHook, _slug
 from gateway.integrations.npc.visemes import VISEMES
+from gateway.pcm import to_pcm16
+from gateway.protocol import SAMPLE_RATE
 
 __all__ = ["AudioMode", "BRIDGE_FORMATS", "BRIDGE_SAMPLE_RATES", "serve_bridge", "serve_bridge_websocket", "main"]
 
@@ -68,7 +69,7 @@ async def serve_bridge(
             audio_format = data.pop("format")
             if audio_format not in BRIDGE_FORMATS:  # ulaw, from a client made elsewhere: widen it
                 audio_format = "pcm_s16le"
-                pcm = np.clip(np.round(samples * 32_767.0), -32_768, 32_767).astype("<i2").tobytes()
+                pcm = to_pcm16(samples).tobytes()
             data[audio_format] = base64.b64encode(pcm).decode("ascii")
         elif event.kind == "done" and audio == "wav":
             assert wav_dir is not None
@@ -88,7 +89,7 @@ async def serve_bridge(
         "event": "ready",
         "voices": list(client.voices),
         "langs": list(client.langs),
-        "sample_rate": int(client.settings.get("sample_rate", 24_000)),
+        "sample_rate": int(client.settings.get("sample_rate", SAMPLE_RATE)),
         "format": str(client.settings.get("format", "pcm_s16le")),
         "audio": audio,
         "visemes": list(VISEMES),
@@ -292,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="serve the bridge on a WebSocket instead of stdio (port 0: any; a 'listening' event gives the URL)")
     parser.add_argument("--audio", choices=("stream", "wav", "none"), default="stream", help="how audio reaches the game")
     parser.add_argument("--wav-dir", default="npc_wav", help="folder for --audio wav")
-    parser.add_argument("--sample-rate", type=int, choices=BRIDGE_SAMPLE_RATES, default=24_000, help="audio sample rate (Hz)")
+    parser.add_argument("--sample-rate", type=int, choices=BRIDGE_SAMPLE_RATES, default=SAMPLE_RATE, help="audio sample rate (Hz)")
     parser.add_argument("--format", choices=BRIDGE_FORMATS, default="pcm_s16le", help="sample format of 'audio' events")
     parser.add_argument("--frame-ms", type=int, default=100, help="audio per 'audio' event (10..1000 ms)")
     parser.add_argument("--voice", default=None, help="default voice for NPCs not configured")

@@ -33,6 +33,7 @@ from typing import Any, Literal
 import numpy as np
 
 from gateway.integrations.npc.visemes import Viseme, VisemeTrack
+from gateway.protocol import SAMPLE_RATE
 
 __all__ = ["NpcVoice", "NpcEvent", "LineHandle", "NpcHook", "EventKind"]
 
@@ -84,7 +85,7 @@ class LineHandle:
         self.visemes: list[Viseme] = []
         self.words: list[dict[str, Any]] = []
         self.audio_ms = 0.0
-        self.sample_rate = int(getattr(speech, "sample_rate", 24_000))
+        self.sample_rate = int(getattr(speech, "sample_rate", SAMPLE_RATE))
         self._hook = hook
         self._chunks: list[np.ndarray] = []
         self._events: asyncio.Queue[NpcEvent | None] = asyncio.Queue()
