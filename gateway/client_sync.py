@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from gateway.client import VoxgateClient
+from gateway.pcm import to_pcm16
+from gateway.protocol import SAMPLE_RATE
 
 if TYPE_CHECKING:
     from gateway.config import Config
@@ -184,7 +186,7 @@ def say_to_wav(
             async with gateway.open_local_session() as local:
                 try:
                     await local.start()
-                    settings = await local.update(format="pcm_s16le", sample_rate=24_000)
+                    settings = await local.update(format="pcm_s16le", sample_rate=SAMPLE_RATE)
                     speech = local.speak(
                         text,
                         voice=voice,
@@ -211,7 +213,7 @@ def say_to_wav(
 def write_wav(path: str | Path, samples: np.ndarray, sample_rate: int) -> Path:
     """Write float samples in [-1, 1] as a 16-bit mono PCM WAV file; returns the path."""
     path = Path(path)
-    pcm = np.clip(np.round(np.asarray(samples, dtype=np.float32) * 32_767.0), -32_768, 32_767).astype("<i2")
+    pcm = to_pcm16(samples)
     with wave.open(str(path), "wb") as wav:
         wav.setnchannels(1)
         wav.setsampwidth(2)

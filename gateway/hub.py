@@ -39,10 +39,10 @@ from urllib.parse import parse_qs
 
 from gateway.access import authenticated, check_access, credential_digest
 from gateway.config import Config
-from gateway.engines.base import SAMPLE_RATE, ScheduleHints, SynthesisItem
+from gateway.engines.base import ScheduleHints, SynthesisItem
 from gateway.errors import CloseCode, EngineFailed, ProtocolError, SessionRefused
 from gateway.metrics import Metrics
-from gateway.protocol import context_id_of, dumps
+from gateway.protocol import SAMPLE_RATE, STREAM_PATH, context_id_of, dumps
 from gateway.scheduler import FINISHED_REASONS, Batch, Piece, Scheduler
 from gateway.session import Context, PieceRequest, Session, SessionState
 from gateway.text.g2p import G2PTooSlow
@@ -60,7 +60,6 @@ __all__ = [
 
 logger = logging.getLogger("voxgate.hub")
 
-STREAM_PATH = "/v1/stream"
 #: Kokoro speaks ~12-14 phonemes per second at speed 1: an estimate for playback deadlines.
 SECONDS_PER_PHONEME = 0.075
 #: Close codes that mean "the client is done": its session ends instead of waiting for a resume.

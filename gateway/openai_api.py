@@ -47,13 +47,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
-import numpy as np
 import orjson
 
 from gateway.codecs import HTTP_FORMATS, StreamEncoder, streaming_wav_header, wav_header
 from gateway.http import HttpRequest, HttpResponse
 from gateway.local import LocalSession, LocalSessionClosed, LocalSessionError, LocalSpeech
-from gateway.protocol import SPEED_RANGE
+from gateway.pcm import from_pcm16
+from gateway.protocol import SAMPLE_RATE, SPEED_RANGE
 
 if TYPE_CHECKING:
     from gateway.server import Gateway
@@ -87,7 +87,6 @@ RESPONSE_FORMATS: Final = {name: spec[0] for name, spec in HTTP_FORMATS.items()}
 DEFAULT_RESPONSE_FORMAT: Final = "mp3"
 STREAM_FORMATS: Final = ("audio", "sse")
 OPENAI_SPEED_RANGE: Final = (0.25, 4.0)
-SAMPLE_RATE: Final = 24_000
 #: Frames of 100 ms: a tenth of the HTTP chunks of the WebSocket default, same first-audio latency.
 HTTP_FRAME_MS: Final = 100
 #: Messages a response may hold unread before the session waits for the HTTP client (backpressure).
@@ -272,7 +271,7 @@ class _AudioBody:
         return await asyncio.wrap_future(self._thread.submit(encoder.finish))
 
     async def _encode(self, chunk: bytes) -> bytes:
-        pcm = np.frombuffer(chunk, dtype="<i2").astype(np.float32) / 32_767.0
+        pcm = from_pcm16(chunk)
         encoder = await asyncio.wrap_future(self._encoder_ready)
         return await asyncio.wrap_future(self._thread.submit(encoder.push, pcm))
 

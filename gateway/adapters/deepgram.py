@@ -22,6 +22,7 @@ from urllib.parse import parse_qs
 import orjson
 
 from gateway.adapters.base import AudioEvent, Event, Translator, VoiceResolver
+from gateway.protocol import SAMPLE_RATE
 
 __all__ = ["DeepgramTranslator", "ROUTE", "credential"]
 
@@ -56,7 +57,7 @@ class DeepgramTranslator(Translator):
         params = parse_qs(query)
         self.model = (params.get("model") or [DEFAULT_MODEL])[0][:128]
         encoding = (params.get("encoding") or ["linear16"])[0]
-        rate_text = (params.get("sample_rate") or ["8000" if encoding == "mulaw" else "24000"])[0]
+        rate_text = (params.get("sample_rate") or ["8000" if encoding == "mulaw" else str(SAMPLE_RATE)])[0]
         self.problem: str | None = None
         self.format = ENCODINGS.get(encoding)
         self.sample_rate = int(rate_text) if rate_text.isdigit() else 0

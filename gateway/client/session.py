@@ -27,7 +27,7 @@ from gateway.client.values import (
     VoxgateClientError,
     VoxgateConnectionError,
 )
-from gateway.protocol import decode_audio_frame, split_text
+from gateway.protocol import SAMPLE_RATE, decode_audio_frame, split_text
 
 __all__ = ["DEFAULT_MAX_MESSAGE_CHARS", "VoxgateClient"]
 
@@ -67,7 +67,7 @@ class VoxgateClient:
         speed: float | None = None,
         lang: str | None = None,
         format: str = "pcm_s16le",
-        sample_rate: int = 24_000,
+        sample_rate: int = SAMPLE_RATE,
         frame_ms: int | None = None,
         alignment: bool = False,
         max_buffered_chunks: int | None = None,

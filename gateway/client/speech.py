@@ -21,7 +21,7 @@ from gateway.client.values import (
     VoxgateConnectionError,
     WordTiming,
 )
-from gateway.protocol import FrameFlags
+from gateway.protocol import SAMPLE_RATE, FrameFlags
 
 if TYPE_CHECKING:
     from gateway.client.session import VoxgateClient
@@ -61,7 +61,7 @@ class Speech:
         settings = client.settings
         #: Format and rate of this speech's frames (the session's settings when its context opened).
         self.audio_format: str = settings.get("format", "pcm_s16le")
-        self.sample_rate: int = int(settings.get("sample_rate", 24_000))
+        self.sample_rate: int = int(settings.get("sample_rate", SAMPLE_RATE))
         self.words: list[WordTiming] = []
         self.phonemes: list[PhonemeTiming] = []
         self.dropped: list[DroppedPiece] = []

@@ -6,16 +6,16 @@ The SDK imports no server code: an in-process session is a transport the server 
 
 from __future__ import annotations
 
-from typing import Any, Final, Protocol
+from typing import Any, Protocol
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import orjson
 
 from gateway.client.values import VoxgateConnectionError
+from gateway.protocol import STREAM_PATH
 
 __all__ = ["STREAM_PATH", "Transport", "TransportClosed", "WebSocketTransport", "open_websocket", "stream_url"]
 
-STREAM_PATH: Final = "/v1/stream"
 
 
 class TransportClosed(Exception):
