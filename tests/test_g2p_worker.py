@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 from gateway.engines.worker import G2PWorker
+from gateway.text.g2p_bounds import check_deadline
 
 
 class _RecordingG2P:
@@ -69,3 +71,33 @@ def test_stop_cancels_what_is_queued() -> None:
     g2p.release.set()
     assert queued.cancelled()
     assert worker.submit("late", "en").cancelled()
+
+
+class _SlowLoadingG2P:
+    """A backend that takes longer to load than the budget allows one text; its texts are instant."""
+
+    def __init__(self, load_s: float) -> None:
+        self.load_s = load_s
+        self.loads = 0
+
+    def load(self) -> None:
+        if not self.loads:
+            time.sleep(self.load_s)
+        self.loads += 1
+
+    def phonemize(self, text: str, *, deadline: float | None = None) -> list[Any]:
+        check_deadline(deadline)
+        return [text]
+
+
+def test_loading_a_language_does_not_spend_the_first_texts_budget() -> None:
+    # A cold language on a busy CPU once failed the first context of every session with
+    # text_too_slow: the load ran inside that text's budget.
+    g2p = _SlowLoadingG2P(load_s=0.3)
+    worker = G2PWorker(lambda lang: g2p, budget_s=0.1)
+    try:
+        assert worker.submit("hello", "en-us", owner="a").result(10) == ["hello"]
+        assert worker.submit("again", "en-us", owner="a").result(10) == ["again"]
+    finally:
+        worker.stop()
+    assert g2p.loads == 2  # asked each time, loaded (slowly) once

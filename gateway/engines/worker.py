@@ -186,8 +186,14 @@ class G2PWorker:
         unit of cancellation."""
 
         def phonemize() -> list:
+            g2p = self._get(lang)
+            # Loading a language (spaCy, dictionaries: seconds on a busy CPU) is the server's cost,
+            # not this text's: the budget starts once the backend is ready.
+            loader = getattr(g2p, "load", None)
+            if loader is not None:
+                loader()
             deadline = time.perf_counter() + self.budget_s if self.budget_s > 0 else None
-            return self._get(lang).phonemize(text, deadline=deadline)  # type: ignore[attr-defined]
+            return g2p.phonemize(text, deadline=deadline)  # type: ignore[attr-defined]
 
         return self._put(phonemize, owner=owner, tag=tag)
 
