@@ -111,3 +111,27 @@ def test_any_mix_of_scripts_gives_vocabulary_phonemes_in_every_language(g2p: dic
     for lang in ("en", "zh", "ja"):
         for piece in g2p[lang].phonemize(text):
             assert set(piece.phonemes) <= g2p[lang].vocab
+
+
+def test_loading_a_sibling_language_does_not_spend_the_texts_budget() -> None:
+    # Han inside English loads the Chinese G2P on first use (seconds on a busy CPU); that load used
+    # to count against the comment's own G2P budget and failed it with text_too_slow.
+    if "en" not in LANGS or "zh" not in LANGS:
+        pytest.skip("needs the English and Chinese G2Ps")
+    import time
+
+    from gateway.text import mixed
+
+    english = G2P("en")
+    english.load()
+
+    def slow_chinese(lang: str) -> G2P:
+        time.sleep(1.5)
+        return G2P(lang, vocab=english.vocab)
+
+    english._scripts = mixed.ScriptRouter(english, factory=slow_chinese)
+    english._scripts._sibling("zh")  # warm the real backend's own first-call costs outside the clock
+    english._scripts = mixed.ScriptRouter(english, factory=slow_chinese)
+    [piece] = english.phonemize("Thank you 小明", deadline=time.perf_counter() + 1.0)
+    assert "Thank" in [w.text for w in piece.words]
+    assert english._scripts.load_seconds >= 1.5

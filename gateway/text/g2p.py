@@ -192,12 +192,15 @@ class G2P:
         if not text.strip():
             return []
         tokens: list[_Token] = []
+        # A sibling language loaded on the way (Han text inside English) is the server's cost, not
+        # this text's: the deadline moves by the time its load took.
+        loads_before = self._scripts.load_seconds
         for chunk in chunks(text, CHUNK_CHARS):
-            check_deadline(deadline)
+            check_deadline(_moved(deadline, self._scripts.load_seconds - loads_before))
             if tokens and not tokens[-1].space:
                 tokens[-1].space, tokens[-1].whitespace = True, tokens[-1].whitespace or " "
             tokens += [self._filter(tok) for tok in self._scripts.tokenize(chunk)]
-        check_deadline(deadline)
+        check_deadline(_moved(deadline, self._scripts.load_seconds - loads_before))
         return _split(tokens, self.max_phonemes)
 
     def _filter(self, tok: _Token) -> _Token:
@@ -206,6 +209,10 @@ class G2P:
         ps = " ".join(ps.split()) if " " in self.vocab else ps.replace(" ", "")
         tok.phonemes = ps
         return tok
+
+
+def _moved(deadline: float | None, by_s: float) -> float | None:
+    return None if deadline is None else deadline + by_s
 
 
 def _strip_pictographs(text: str) -> str:

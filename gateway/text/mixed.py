@@ -24,6 +24,7 @@ Not thread-safe, like ``G2P``: a router belongs to its G2P and runs on that G2P'
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -103,6 +104,8 @@ class ScriptRouter:
         self.owner = owner
         self._factory = factory
         self._siblings: dict[str, G2P | None] = {}
+        #: Seconds spent loading siblings so far: the caller's time budget does not pay for them.
+        self.load_seconds = 0.0
 
     def tokenize(self, text: str) -> list[Any]:
         own = self.owner._tokenize
@@ -151,11 +154,14 @@ class ScriptRouter:
         from gateway.text.g2p import G2P, UnsupportedLanguage
 
         sibling: G2P | None
+        started = time.perf_counter()
         try:
             sibling = self._factory(lang) if self._factory is not None else G2P(lang, vocab=self.owner.vocab)
             sibling.load()
         except UnsupportedLanguage as exc:
             logger.warning("g2p %s: no %s G2P for mixed-script text (%s)", self.owner.lang, lang, exc)
             sibling = None
+        finally:
+            self.load_seconds += time.perf_counter() - started
         self._siblings[lang] = sibling
         return sibling
