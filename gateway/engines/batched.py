@@ -55,9 +55,9 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from gateway.engines.edges import EdgeSpan, clamp_edges_batch
+from gateway.engines.prosody import f0_and_n, predict_durations
 from gateway.engines.source_noise import GeneratorNoise, SourceNoise
 
 __all__ = ["BatchedAudio", "BatchedOutput", "batched_forward", "source_phase"]
@@ -122,17 +122,6 @@ def _check_width(x: torch.Tensor, span: _Span, where: str) -> None:
     # Length formulas and the layers must agree, or masks would sit on the wrong samples.
     if x.shape[-1] != span.width:
         raise AssertionError(f"{where}: width {x.shape[-1]} != expected {span.width}")
-
-
-def _lstm(lstm: nn.LSTM, x: torch.Tensor, span: _Span) -> torch.Tensor:
-    """Run a batch-first bidirectional LSTM on each item's true length; padding comes out zero."""
-    if span.mask is None:
-        out, _ = lstm(x)
-        return out
-    packed = pack_padded_sequence(x, torch.tensor(span.lengths), batch_first=True, enforce_sorted=False)
-    out, _ = lstm(packed)
-    out, _ = pad_packed_sequence(out, batch_first=True, total_length=span.width)
-    return out
 
 
 def _adain(layer: nn.Module, x: torch.Tensor, s: torch.Tensor, span: _Span) -> torch.Tensor:
@@ -426,17 +415,8 @@ def _decoder(
 def _prosody(
     predictor: nn.Module, en: torch.Tensor, s: torch.Tensor, frames: _Span, halves: _Span
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``ProsodyPredictor.F0Ntrain`` with a packed shared LSTM and masked blocks."""
-    x = _lstm(predictor.shared, en.transpose(-1, -2), frames).transpose(-1, -2)
-    curves = []
-    for blocks, proj in ((predictor.F0, predictor.F0_proj), (predictor.N, predictor.N_proj)):
-        y, span = x, frames
-        for block in blocks:
-            out_span = halves if block.upsample_type != "none" else span
-            y = _adain_resblk1d(block, y, s, span, out_span)
-            span = out_span
-        curves.append(proj(y).squeeze(1))  # 1x1 conv: padding stays local
-    return curves[0], curves[1]
+    """``ProsodyPredictor.F0Ntrain``: F0 and N ``(B, halves.width)``, each item's bit for bit as alone."""
+    return f0_and_n(predictor, en, s, frames.lengths, halves.lengths)
 
 
 def _expand(x: torch.Tensor, index: torch.Tensor, frames: _Span) -> torch.Tensor:
@@ -468,17 +448,11 @@ def _pad_tokens(token_ids: Sequence[torch.Tensor | Sequence[int]], device: torch
 def _predict_durations(
     model: nn.Module, tokens: _Tokens, s_pred: torch.Tensor, speeds: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Frames per token ``(B, T)`` (int64, 0 on padding) and the duration encoder's output ``d``."""
-    # ALBERT, DurationEncoder and TextEncoder are length-correct given the mask and true lengths;
-    # the duration LSTM is not, so it runs packed.
-    bert_dur = model.bert(tokens.input_ids, attention_mask=(~tokens.text_mask).int())
-    d_en = model.bert_encoder(bert_dur).transpose(-1, -2)
-    d = model.predictor.text_encoder(d_en, s_pred, tokens.lengths_cpu, tokens.text_mask)
-    x = _lstm(model.predictor.lstm, d, tokens.span)
-    logits = model.predictor.duration_proj(x)
-    # kokoro divides by the Python float speed; a float32 tensor divides to the same values.
-    raw = torch.sigmoid(logits).sum(dim=-1) / speeds[:, None]
-    return torch.round(raw).clamp(min=1).long().masked_fill(tokens.text_mask, 0), d
+    """Frames per token ``(B, T)`` (int64, 0 on padding) and the duration encoder's output ``d``.
+
+    Each item's values are the same floats as in a solo run (``gateway.engines.prosody``).
+    """
+    return predict_durations(model, tokens.input_ids, tokens.span.lengths, s_pred, speeds)
 
 
 def _alignment_index(durations: torch.Tensor, frames: _Span) -> torch.Tensor:
