@@ -206,6 +206,9 @@ class EngineConfig:
     #: of its size; "per_item" one item at a time (same result, a few hundred ops per item);
     #: "auto": batched, on every device.
     prosody: Literal["auto", "batched", "per_item"] = "auto"
+    #: CUDA graphs for the Kokoro decoder, one per (batch size, frames) bucket, eager fallback
+    #: (gateway/engines/cuda_graphs.py). Off: never run on a GPU yet; no effect on CPU.
+    cuda_graphs: bool = False
 
 
 @dataclass(frozen=True, slots=True)

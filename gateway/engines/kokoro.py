@@ -94,6 +94,7 @@ class KokoroEngine(Engine):
         dtype: DType = "float32",
         weights_source: str = "",
         prosody: Literal["auto", "batched", "per_item"] = "auto",
+        cuda_graphs: bool = False,
     ) -> None:
         if not voices:
             raise ValueError("at least one voice pack is needed")
@@ -120,6 +121,7 @@ class KokoroEngine(Engine):
         self.per_item_prosody = prosody == "per_item"
         self._apply_threads()
         self.model = model.to(self.device).eval()
+        self.decoder_graphs = self._decoder_graphs(cuda_graphs)
         self.style_dim = int(self.model.predictor.text_encoder.sty_dim)
         self._vocab: dict[str, int] = dict(self.model.vocab)
         self.vocab = frozenset(self._vocab)
@@ -199,7 +201,8 @@ class KokoroEngine(Engine):
         try:
             with self._autocast():
                 out = batched_forward(
-                    self.model, token_ids, ref_s, speeds, HashNoise(seeds), per_item_prosody=self.per_item_prosody, edges=edges
+                    self.model, token_ids, ref_s, speeds, HashNoise(seeds), per_item_prosody=self.per_item_prosody, edges=edges,
+                    decoder_graphs=self.decoder_graphs,
                 )
         except ValueError as exc:
             raise EngineError(str(exc)) from exc
@@ -250,10 +253,26 @@ class KokoroEngine(Engine):
             weights_source=self.weights_source,
             num_voices=len(self._voices),
             per_item_prosody=self.per_item_prosody,
+            cuda_graphs=self.decoder_graphs is not None,
         )
         return info
 
     # -- internals ------------------------------------------------------------------------------
+
+    def _decoder_graphs(self, enabled: bool) -> Any:
+        """``engine.cuda_graphs``: a ``DecoderGraphs`` on CUDA (never run on a GPU yet: see its module)."""
+        if not enabled:
+            return None
+        if self.device.type != "cuda":
+            logger.warning("engine.cuda_graphs needs a CUDA device, not %s: the decoder runs eagerly", self.device)
+            return None
+        from gateway.engines.cuda_graphs import DecoderGraphs
+
+        # kokoro's TorchSTFT keeps its window in a plain attribute, which .to() does not move: it
+        # would be copied to the device on every call, which a graph cannot capture.
+        stft = self.model.decoder.generator.stft
+        stft.window = stft.window.to(self.device)
+        return DecoderGraphs(self.model.decoder, self.device)
 
     def _apply_threads(self) -> None:
         # torch's intra-op thread count is per calling thread under OpenMP: set it on the engine
