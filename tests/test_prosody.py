@@ -14,6 +14,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from gateway.engines import prosody as P
 from gateway.engines.tiny import make_tiny_kmodel
+from tests.utils import torch_threads
 
 LENGTHS = (5, 14, 33)
 CPU = torch.device("cpu")
@@ -22,10 +23,8 @@ CPU = torch.device("cpu")
 @pytest.fixture(scope="module", autouse=True)
 def two_threads():
     # The engine's default on this 2-core machine; MKL's row rounding depends on the thread count.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(previous)
+    with torch_threads(2):
+        yield
 
 
 @pytest.fixture(scope="module")

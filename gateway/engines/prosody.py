@@ -186,10 +186,12 @@ def _albert(bert: nn.Module, input_ids: torch.Tensor, axis: _Axis) -> torch.Tens
         for layer in group.albert_layers:
             att = layer.attention
             shape = (*hidden.shape[:-1], -1, att.attention_head_size)
-            q, k, v = (proj(hidden).view(shape).transpose(1, 2).double() for proj in (att.query, att.key, att.value))
-            scores = torch.matmul(q, k.transpose(2, 3)) * att.scaling
+            q, k, v = (proj(hidden).view(shape).transpose(1, 2) for proj in (att.query, att.key, att.value))
+            # q @ k reduces over the head's channels (a fixed length): float32. Softmax and
+            # weights @ v reduce over the padded key axis: float64.
+            scores = (torch.matmul(q, k.transpose(2, 3)) * att.scaling).double()
             weights = torch.softmax(scores.masked_fill(masked_keys, float("-inf")), dim=-1)
-            context = torch.matmul(weights, v).float().transpose(1, 2).reshape(hidden.shape)
+            context = torch.matmul(weights, v.double()).float().transpose(1, 2).reshape(hidden.shape)
             attended = att.LayerNorm(hidden + att.dense(context))
             hidden = layer.full_layer_layer_norm(layer.ffn_output(layer.activation(layer.ffn(attended))) + attended)
     return hidden
