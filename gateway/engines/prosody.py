@@ -8,9 +8,10 @@ Measured on this CPU (kokoro 0.9.4, torch 2.13, MKL/oneDNN, 1-8 threads), these 
 item's rows results that depend on the shape of the whole batch, and are replaced here:
 
 * ALBERT's attention: softmax and ``attn @ V`` reduce over the padded key axis (``sdpa``'s blocks
-  depend on its length). Here: scores, softmax and ``attn @ V`` in float64 with masked keys, then
-  rounded to float32: two float64 results that differ by ~1e-16 round to the same float32 unless
-  they straddle a rounding boundary (probability ~1e-8 per value).
+  depend on its length). Here: softmax and ``attn @ V`` in float64 with masked keys, then rounded
+  to float32: two float64 results that differ by ~1e-16 round to the same float32 unless they
+  straddle a rounding boundary (probability ~1e-8 per value). ``q @ k`` reduces over the head's
+  channels, a fixed length: float32.
 * Matmuls with few rows: MKL's sgemm rounds a row differently when the matrix has 1-3 rows, and
   with several threads when its row count is 5-7 or 9-11. Every matmul here has ``B * width`` rows
   with the width padded to ``invariant_width`` (a multiple of 4, at least 12), which measured
