@@ -203,11 +203,14 @@ class EngineConfig:
     #: Pieces per request to a replica: 1 (default) balances and retries piece by piece; more cuts
     #: Ray's per-request cost (benchmarks/README.md, "Ray Serve: the hop per piece").
     ray_pieces_per_request: int = 1
-    #: Kokoro's ALBERT -> durations -> F0/N: "batched" runs the whole batch in tensor ops independent
-    #: of its size (voiced audio within ~2e-3 of a solo run, from F0 rounding; see batched.py);
-    #: "per_item" one item at a time (equal to a solo run at ~1e-6, a few hundred ops per item);
-    #: "auto": batched on CUDA (launch-bound), per_item on CPU (which prefers batch 1 anyway).
+    #: Kokoro's ALBERT -> durations -> F0/N: "batched" runs the whole batch in batch-invariant
+    #: kernels (gateway/engines/prosody.py: F0 bit for bit as a solo run) in tensor ops independent
+    #: of its size; "per_item" one item at a time (same result, a few hundred ops per item);
+    #: "auto": batched, on every device.
     prosody: Literal["auto", "batched", "per_item"] = "auto"
+    #: CUDA graphs for the Kokoro decoder, one per (batch size, frames) bucket, eager fallback
+    #: (gateway/engines/cuda_graphs.py). Off: never run on a GPU yet; no effect on CPU.
+    cuda_graphs: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -141,3 +141,16 @@ async def eventually(check: Callable[[], bool], timeout: float = 30.0) -> None:
 
 def done_contexts(n: int) -> Callable[[ClientRun], bool]:
     return lambda run: len(run.of_type("context.done")) + len(run.of_type("cancelled")) >= n
+
+
+@contextlib.contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    """torch's intra-op thread count set to ``count`` for the block, then restored."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)

@@ -12,7 +12,10 @@ Steps, in order, all offline (nothing from the network):
    dispatched per batch (``opcount``), seconds per batch, audio-seconds per second.
 3. precision: bfloat16 and float16 autocast against float32 on the same batch (CUDA only): the
    worst relative audio error, and how many items changed their durations.
-4. ``voxgate bench load`` at N = 1, 16, 64 real-time sessions (batched mode), its table copied in.
+4. CUDA graphs (``engine.cuda_graphs``, off by default, never run before a GPU is lent): eager
+   against graphed per batch size, time per batch and the worst audio difference; on CPU the
+   bucket-padded decoder runs eagerly instead (the padding is still checked).
+5. ``voxgate bench load`` at N = 1, 16, 64 real-time sessions (batched mode), its table copied in.
 
 Writes one Markdown file, ``benchmarks/results/gpu-check-<device name>-<date>.md``. On a lent
 device machine (see /work/.library/device/README.md for carrying wheels): build the venv wheels
@@ -147,6 +150,48 @@ def _precision(engine: Any, smoke: bool) -> list[str]:
     return rows
 
 
+def _timed(engine: Any, items: Sequence[Any], repeats: int) -> tuple[list[Any], float]:
+    results = engine.synthesize(items)  # first call: warm-up (or a graph's capture)
+    _sync(engine.device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        engine.synthesize(items)
+    _sync(engine.device)
+    return results, (time.perf_counter() - start) / repeats
+
+
+def _graphs(engine: Any, sizes: Sequence[int], repeats: int, smoke: bool) -> list[str]:
+    """Eager against ``engine.cuda_graphs`` per batch size: time per batch and the worst audio difference.
+
+    On CPU nothing is captured: the bucket-padded decoder (what a graph replays) runs eagerly, so
+    the error column still checks the padding.
+    """
+    import numpy as np
+
+    from gateway.engines.cuda_graphs import DecoderGraphs
+
+    on_cuda = engine.device.type == "cuda"
+    rows = [] if on_cuda else ["CPU: no capture; the bucket-padded decoder runs eagerly against plain eager.", ""]
+    rows += ["| batch | eager s / batch | graphs s / batch | speed-up | max abs vs eager | replays |", "|---:|---:|---:|---:|---:|---:|"]
+    for size in sizes:
+        items = mixed_items(size, engine.voices(), seed=size, smoke=smoke)
+        engine.decoder_graphs = None
+        eager, eager_s = _timed(engine, items, repeats)
+        graphs = engine._decoder_graphs(True) if on_cuda else DecoderGraphs(engine.model.decoder, engine.device, capture=False)
+        engine.decoder_graphs = graphs
+        try:
+            graphed, graphed_s = _timed(engine, items, repeats)
+        finally:
+            engine.decoder_graphs = None
+        worst = max(
+            (float(np.abs(a.audio - b.audio).max()) if len(a.audio) == len(b.audio) else float("inf"))
+            for a, b in zip(eager, graphed)
+        )
+        rows.append(f"| {size} | {eager_s:.4f} | {graphed_s:.4f} | {eager_s / graphed_s:.2f}x | {worst:.1e} | {graphs.replays} |")
+        print(rows[-1], file=sys.stderr, flush=True)
+    return rows
+
+
 def _load(args: argparse.Namespace, sessions: str) -> list[str]:
     from gateway.bench.load import main as load_main
 
@@ -196,6 +241,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "## Reduced precision against float32",
         "",
         *_precision(engine, args.smoke),
+        "",
+        "## CUDA graphs (engine.cuda_graphs) against eager",
+        "",
+        *_graphs(engine, sizes, repeats, args.smoke),
         "",
     ]
     engine.close()

@@ -41,6 +41,7 @@ def create_engine(config: EngineConfig) -> Engine:
         preferred_batch_size=config.preferred_batch_size or None,
         dtype=config.dtype,
         prosody=config.prosody,
+        cuda_graphs=config.cuda_graphs,
     )
     if config.kind == "tiny":
         return KokoroEngine.tiny(seed=config.tiny_seed, **common)

@@ -7,9 +7,8 @@ at the batch's edge rather than the item's. ``batched_forward`` runs the same la
 parameters on the whole padded batch, fixing each of those places, in a number of tensor ops that
 does not depend on the number of items (on a GPU each op is a kernel launch):
 
-* tokens are padded; ALBERT gets an attention mask; the prosody LSTMs (``predictor.lstm``,
-  ``predictor.shared``) run packed on true lengths (``DurationEncoder`` and ``TextEncoder`` already
-  pack when given true lengths, so kokoro's own forwards are called for them);
+* ALBERT -> durations -> F0/N run in batch-invariant kernels (``gateway.engines.prosody``): each
+  item's durations, F0 and N are the same floats as in a solo run;
 * durations are predicted for the batch, and ``_alignment`` (the one place where durations become
   frames) turns them into a padded frame -> token index (a ``searchsorted`` over cumulative ends);
 * every ``AdaIN1d`` normalises over the item's own frames only, and zeroes its output's padding;
@@ -22,25 +21,19 @@ does not depend on the number of items (on a GPU each op is a kernel launch):
 
 When every item fills the padded width (one item, or an equal-length bucket) the masks vanish.
 
-How exact. Everything continuous in the batched pass differs from a solo run by float rounding
-only (~1e-6 relative: padded attention, packed LSTMs and masked sums add in another order). Three
-things are not continuous, and were found and handled as follows:
+How exact. Each item's durations, F0 and N equal a solo run's bit for bit (``prosody.py`` says how
+and why that matters); everything after them differs from a solo run by float rounding only (~1e-6:
+masked sums add in another order). Two more places were not continuous and are handled here:
 
-* the rounding of durations: a 1e-6 change flips one only at .5, rarely; tests check equality;
 * frame 0 of the source STFT is even-symmetric (reflection padding, Hann window), so its spectrum
   is real and ``torch.angle`` of its rounding-noise imaginary parts jumped between +pi and -pi with
   any 1-ulp change upstream: taken from the real part now (``source_phase``);
 * the oscillator integrates F0 over the item. kokoro sums per-sample frequencies in float32, whose
   roundings (worth ~1e-2 rad at the 9th harmonic after seconds) diverge chaotically when F0 moves
-  by an ulp; the phase is integrated in float64 here. What remains is not rounding but physics:
-  a systematic relative F0 difference e gives a phase drift of 2 pi h f0 e t, and the batched
-  prosody pass's F0 differs from a solo pass's by e ~ 1e-7..1e-6 (its reductions run over other
-  lengths), so voiced audio differs from a solo run by ~2e-3 relative on 2-8 s items with the
-  converted Kokoro-82M weights (inaudible; below 1e-4 would need bit-identical F0, i.e.
-  batch-invariant reductions in ALBERT, the LSTMs and the norms). ``per_item_prosody=True`` runs
-  ALBERT -> F0/N one item at a time instead, so F0 is bit-identical to a solo run and voiced
-  audio matches it at ~1e-6, at a few hundred tensor ops per item; ``KokoroEngine`` chooses it
-  on CPU (``engine.prosody = "auto"``) and the whole-batch pass on CUDA.
+  by an ulp; the phase is integrated in float64 here.
+
+``per_item_prosody=True`` runs the prosody pass one item at a time (the same result, a few
+hundred more tensor ops per item): a reference for tests.
 
 This module is not a model: it holds no weights and copies no layer. It depends on the attribute
 layout of kokoro 0.9.4 (``istftnet.py``, ``modules.py``); ``tests/test_batched_forward.py``
@@ -49,15 +42,15 @@ checks it against ``KModel.forward_with_tokens``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import NamedTuple
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from gateway.engines.edges import EdgeSpan, clamp_edges_batch
+from gateway.engines.prosody import f0_and_n, predict_durations
 from gateway.engines.source_noise import GeneratorNoise, SourceNoise
 
 __all__ = ["BatchedAudio", "BatchedOutput", "batched_forward", "source_phase"]
@@ -78,20 +71,29 @@ class _Span:
 
     ``mask`` is ``(B, 1, width)`` bool, True on valid positions, or None when every item fills the
     width: the fast path where kokoro's own ops are exact. ``lengths_t`` is the lengths as a
-    ``(B,)`` int64 tensor on the device, made on first use.
+    ``(B,)`` int64 tensor on the device, made on first use. A span built on a given ``lengths_t``
+    (a CUDA graph's static input, ``cuda_graphs.py``) has a fixed ``width`` and always masks, so
+    that no mask decision or host-to-device copy depends on the lengths of one batch.
     """
 
     __slots__ = ("lengths", "width", "mask", "pad", "count", "device", "_lengths_t")
 
-    def __init__(self, lengths: Sequence[int], device: torch.device) -> None:
+    def __init__(
+        self,
+        lengths: Sequence[int],
+        device: torch.device,
+        *,
+        width: int | None = None,
+        lengths_t: torch.Tensor | None = None,
+    ) -> None:
         self.lengths = [int(n) for n in lengths]
-        self.width = max(self.lengths)
+        self.width = max(self.lengths) if width is None else width
         self.device = device
         self.mask: torch.Tensor | None = None
         self.pad: torch.Tensor | None = None  # ~mask, made once: it is used before every conv
         self.count: torch.Tensor | None = None
-        self._lengths_t: torch.Tensor | None = None
-        if min(self.lengths) != self.width:
+        self._lengths_t = lengths_t
+        if lengths_t is not None or min(self.lengths) != self.width:
             self.mask = (torch.arange(self.width, device=device)[None, :] < self.lengths_t[:, None]).unsqueeze(1)
             self.pad = ~self.mask
             self.count = self.lengths_t.to(torch.float32).view(-1, 1, 1)
@@ -101,6 +103,17 @@ class _Span:
         if self._lengths_t is None:
             self._lengths_t = torch.tensor(self.lengths, device=self.device)
         return self._lengths_t
+
+    def mapped(self, fn: Callable[[Any], Any]) -> _Span:
+        """The span of a layer whose output length is ``fn(input length)`` (increasing in every use).
+
+        A span with a given ``lengths_t`` maps it with ``fn`` on the tensor (capturable in a CUDA
+        graph), so ``fn`` uses only arithmetic that ints and tensors share.
+        """
+        lengths = [fn(n) for n in self.lengths]
+        if self._lengths_t is None or self.mask is None:
+            return _Span(lengths, self.device)
+        return _Span(lengths, self.device, width=fn(self.width), lengths_t=fn(self._lengths_t))
 
 
 def _zero_pad(x: torch.Tensor, span: _Span) -> torch.Tensor:
@@ -122,17 +135,6 @@ def _check_width(x: torch.Tensor, span: _Span, where: str) -> None:
     # Length formulas and the layers must agree, or masks would sit on the wrong samples.
     if x.shape[-1] != span.width:
         raise AssertionError(f"{where}: width {x.shape[-1]} != expected {span.width}")
-
-
-def _lstm(lstm: nn.LSTM, x: torch.Tensor, span: _Span) -> torch.Tensor:
-    """Run a batch-first bidirectional LSTM on each item's true length; padding comes out zero."""
-    if span.mask is None:
-        out, _ = lstm(x)
-        return out
-    packed = pack_padded_sequence(x, torch.tensor(span.lengths), batch_first=True, enforce_sorted=False)
-    out, _ = lstm(packed)
-    out, _ = pad_packed_sequence(out, batch_first=True, total_length=span.width)
-    return out
 
 
 def _adain(layer: nn.Module, x: torch.Tensor, s: torch.Tensor, span: _Span) -> torch.Tensor:
@@ -274,7 +276,7 @@ def _harmonic_source(gen: nn.Module, f0: torch.Tensor, halves: _Span, noise: Sou
     noise_amp = uv * sine.noise_std + (1 - uv) * sine.sine_amp / 3
     # Nearest upsampling (nn.Upsample): sample j takes frame j // up.
     uv, noise_amp = torch.cat([uv, noise_amp], dim=1).unsqueeze(-1).expand(-1, -1, -1, up).flatten(2).chunk(2, dim=1)
-    samples = _Span([n * up for n in halves.lengths], device)
+    samples = halves.mapped(lambda n: n * up)
     linear = source.l_linear
     if noise.per_harmonic:
         # SineGen's own arithmetic: a draw per harmonic, merged with the sines by l_linear.
@@ -286,7 +288,8 @@ def _harmonic_source(gen: nn.Module, f0: torch.Tensor, halves: _Span, noise: Sou
         # ninth of the draws.
         draws = noise.standard_normal(samples.lengths, samples.width, 1, device)
         merged = _merge_harmonics(linear, sines * uv)
-        merged = torch.addcmul(merged, noise_amp.squeeze(1), draws.squeeze(1), value=float(linear.weight.norm()))
+        # The norm stays a tensor: a Python float would sync with the device (and break a CUDA graph).
+        merged = torch.addcmul(merged, noise_amp.squeeze(1) * linear.weight.norm(), draws.squeeze(1))
     har_source = source.l_tanh(merged)  # (B, samples)
     # center=True reflection padding, at each item's own ends: one gather, then a plain STFT.
     pad = gen.stft.filter_length // 2
@@ -303,7 +306,7 @@ def _harmonic_source(gen: nn.Module, f0: torch.Tensor, halves: _Span, noise: Sou
         return_complex=True,
     )
     hop = gen.stft.hop_length
-    frames = _Span([n // hop + 1 for n in samples.lengths], device)
+    frames = samples.mapped(lambda n: n // hop + 1)
     _check_width(spec, frames, "harmonic source STFT")
     return _zero_pad(torch.cat([torch.abs(spec), source_phase(spec)], dim=1), frames), frames
 
@@ -347,7 +350,7 @@ def _istft(gen: nn.Module, x: torch.Tensor, span: _Span) -> tuple[torch.Tensor, 
         weights = weights * span.mask.transpose(1, 2)
     envelope = torch.ops.aten.unfold_backward(weights, [batch, full], 1, n_fft, hop)
     start = n_fft // 2
-    samples = _Span([(n - 1) * hop for n in span.lengths], x.device)
+    samples = span.mapped(lambda n: (n - 1) * hop)
     y = y[:, start : start + samples.width]
     envelope = envelope[:, start : start + samples.width]
     if samples.mask is None:
@@ -374,7 +377,7 @@ def _generator(
         # which is each item's own start, never its end.
         pad_left = gen.reflection_pad.padding[0] if last else 0
         assert gen.reflection_pad.padding[1] == 0
-        out_span = _Span([_conv_t_len(gen.ups[i], n) + pad_left for n in span.lengths], device)
+        out_span = span.mapped(lambda n, conv=gen.ups[i]: _conv_t_len(conv, n) + pad_left)
         _check_width(x_source, out_span, "noise_convs")
         assert out_span.lengths == [_conv_len(gen.noise_convs[i], n) for n in har_span.lengths]
         x_source = _adain_resblock1(gen.noise_res[i], x_source, s, out_span)
@@ -426,17 +429,8 @@ def _decoder(
 def _prosody(
     predictor: nn.Module, en: torch.Tensor, s: torch.Tensor, frames: _Span, halves: _Span
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``ProsodyPredictor.F0Ntrain`` with a packed shared LSTM and masked blocks."""
-    x = _lstm(predictor.shared, en.transpose(-1, -2), frames).transpose(-1, -2)
-    curves = []
-    for blocks, proj in ((predictor.F0, predictor.F0_proj), (predictor.N, predictor.N_proj)):
-        y, span = x, frames
-        for block in blocks:
-            out_span = halves if block.upsample_type != "none" else span
-            y = _adain_resblk1d(block, y, s, span, out_span)
-            span = out_span
-        curves.append(proj(y).squeeze(1))  # 1x1 conv: padding stays local
-    return curves[0], curves[1]
+    """``ProsodyPredictor.F0Ntrain``: F0 and N ``(B, halves.width)``, each item's bit for bit as alone."""
+    return f0_and_n(predictor, en, s, frames.lengths, halves.lengths)
 
 
 def _expand(x: torch.Tensor, index: torch.Tensor, frames: _Span) -> torch.Tensor:
@@ -468,17 +462,11 @@ def _pad_tokens(token_ids: Sequence[torch.Tensor | Sequence[int]], device: torch
 def _predict_durations(
     model: nn.Module, tokens: _Tokens, s_pred: torch.Tensor, speeds: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Frames per token ``(B, T)`` (int64, 0 on padding) and the duration encoder's output ``d``."""
-    # ALBERT, DurationEncoder and TextEncoder are length-correct given the mask and true lengths;
-    # the duration LSTM is not, so it runs packed.
-    bert_dur = model.bert(tokens.input_ids, attention_mask=(~tokens.text_mask).int())
-    d_en = model.bert_encoder(bert_dur).transpose(-1, -2)
-    d = model.predictor.text_encoder(d_en, s_pred, tokens.lengths_cpu, tokens.text_mask)
-    x = _lstm(model.predictor.lstm, d, tokens.span)
-    logits = model.predictor.duration_proj(x)
-    # kokoro divides by the Python float speed; a float32 tensor divides to the same values.
-    raw = torch.sigmoid(logits).sum(dim=-1) / speeds[:, None]
-    return torch.round(raw).clamp(min=1).long().masked_fill(tokens.text_mask, 0), d
+    """Frames per token ``(B, T)`` (int64, 0 on padding) and the duration encoder's output ``d``.
+
+    Each item's values are the same floats as in a solo run (``gateway.engines.prosody``).
+    """
+    return predict_durations(model, tokens.input_ids, tokens.span.lengths, s_pred, speeds)
 
 
 def _alignment_index(durations: torch.Tensor, frames: _Span) -> torch.Tensor:
@@ -521,7 +509,7 @@ def _durations_and_prosody(
     frames, index = _alignment(durations)
     en = _expand(d.transpose(-1, -2), index, frames)
     # F0/N come out at twice the frame rate (the upsampling AdainResBlk1d).
-    halves = _Span([_conv_t_len(model.predictor.F0[1].pool, n) for n in frames.lengths], s_pred.device)
+    halves = frames.mapped(lambda n: _conv_t_len(model.predictor.F0[1].pool, n))
     f0, n_curve = _prosody(model.predictor, en, s_pred, frames, halves)
     _check_width(f0, halves, "F0 curve")
     return durations, f0, n_curve, frames, index, halves
@@ -534,9 +522,9 @@ def _prosody_per_item(
     speeds: torch.Tensor,
     edges: Sequence[EdgeSpan | None] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``_durations_and_prosody`` one item at a time, padded into a batch: F0 bit-identical to solo.
+    """``_durations_and_prosody`` one item at a time, padded into a batch (a reference for tests).
 
-    A few hundred ops per item (``per_item_prosody=True``; see the module docstring for why).
+    A few hundred ops per item (``per_item_prosody=True``); the whole-batch pass gives the same floats.
     """
     batch = len(tokens.span.lengths)
     durations = torch.zeros(batch, tokens.span.width, dtype=torch.long, device=s_pred.device)
@@ -587,6 +575,7 @@ def batched_forward(
     *,
     per_item_prosody: bool = False,
     edges: Sequence[EdgeSpan | None] | None = None,
+    decoder_graphs: Callable[..., tuple[torch.Tensor, list[int]] | None] | None = None,
 ) -> BatchedAudio:
     """Synthesize a batch; item ``b``'s output depends only on item ``b``'s inputs.
 
@@ -601,9 +590,9 @@ def batched_forward(
 
     ``per_item_prosody=False`` (default) runs ALBERT through the prosody predictor on the whole
     batch: the number of tensor ops does not depend on the number of items. ``True`` runs that
-    part one item at a time, so durations and F0 are bit-identical to a solo run and voiced audio
-    matches it at ~1e-6; it costs a few hundred ops per item (see the module docstring).
-    ``edges[b]`` holds item b's edge tokens short (``gateway.engines.edges``).
+    part one item at a time (the same floats; a few hundred ops per item).
+    ``edges[b]`` holds item b's edge tokens short (``gateway.engines.edges``). ``decoder_graphs``
+    (``cuda_graphs.DecoderGraphs``) may run the decoder instead; when it returns None, it runs eagerly.
     """
     if not isinstance(noise, SourceNoise):
         noise = GeneratorNoise(noise)
@@ -628,14 +617,15 @@ def batched_forward(
     if per_item_prosody:
         durations, f0_pred, n_pred = _prosody_per_item(model, tokens, s_pred, speeds_t, edges)
         frames, index = _alignment(durations)
-        halves = _Span([_conv_t_len(model.predictor.F0[1].pool, n) for n in frames.lengths], device)
+        halves = frames.mapped(lambda n: _conv_t_len(model.predictor.F0[1].pool, n))
     else:
         durations, f0_pred, n_pred, frames, index, halves = _durations_and_prosody(
             model, tokens, s_pred, speeds_t, edges
         )
     t_en = model.text_encoder(tokens.input_ids, tokens.lengths_cpu, tokens.text_mask)
     asr = _expand(t_en, index, frames)
-    audio, num_samples = _decoder(model.decoder, asr, f0_pred, n_pred, s_dec, frames, halves, noise)
+    graphed = None if decoder_graphs is None else decoder_graphs(asr, f0_pred, n_pred, s_dec, frames, noise)
+    audio, num_samples = graphed or _decoder(model.decoder, asr, f0_pred, n_pred, s_dec, frames, halves, noise)
 
     samples_per_half = model.decoder.generator.m_source.l_sin_gen.upsample_scale
     # torch.istft's length, (frames - 1) * hop, is sum(durations) * 600 for Kokoro's generator.

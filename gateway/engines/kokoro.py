@@ -2,9 +2,9 @@
 
 The engine maps each item's phonemes to token ids, picks the item's style row from its voice pack,
 keys the item's source noise by its seed (``HashNoise``), and runs the whole batch through
-``batched_forward`` (a batched pass over the model's own modules; with whole-batch prosody, the
-default on CUDA, in a number of tensor ops that does not depend on the batch size). Results come back in input order, each
-depending only on its own item.
+``batched_forward`` (a batched pass over the model's own modules, in a number of tensor ops that
+does not depend on the batch size). Results come back in input order, each the same as if
+synthesized alone (prosody bit for bit, audio within float rounding).
 
 What it is not: a scheduler (it sorts and buckets nothing), a G2P (phonemes arrive ready), or a
 weights loader (``weights.load_kokoro`` / ``build_kmodel`` make the ``KModel``; ``tiny`` makes a
@@ -74,9 +74,10 @@ class KokoroEngine(Engine):
     worker threads. Call every method from the engine thread: ``num_threads`` is applied to that thread.
 
     ``dtype`` other than float32 applies only on CUDA (autocast; unmeasured, so off by default).
-    ``prosody="per_item"`` runs ALBERT to F0 one item at a time: voiced audio then equals a solo
-    run at ~1e-6 instead of ~2e-3, at a few hundred more tensor ops per item (``batched.py``);
-    ``"batched"`` keeps the op count independent of the batch; ``"auto"`` is batched on CUDA only.
+    ``prosody="batched"`` (and ``"auto"``, on every device) runs ALBERT to F0 for the whole batch
+    in batch-invariant kernels (``gateway.engines.prosody``): the same floats as a solo run, in ops
+    independent of the batch size; ``"per_item"`` runs that part one item at a time (the same
+    result, a few hundred more ops per item; kept as a reference).
     """
 
     name = "kokoro"
@@ -93,6 +94,7 @@ class KokoroEngine(Engine):
         dtype: DType = "float32",
         weights_source: str = "",
         prosody: Literal["auto", "batched", "per_item"] = "auto",
+        cuda_graphs: bool = False,
     ) -> None:
         if not voices:
             raise ValueError("at least one voice pack is needed")
@@ -114,11 +116,12 @@ class KokoroEngine(Engine):
         self.weights_source = weights_source
         if prosody not in ("auto", "batched", "per_item"):
             raise ValueError(f"prosody must be auto, batched or per_item, got {prosody!r}")
-        # Batched: the whole batch in ops independent of its size (what a launch-bound GPU needs);
-        # per item: exact against a solo run (batched.py explains the difference).
-        self.per_item_prosody = prosody == "per_item" or (prosody == "auto" and self.device.type != "cuda")
+        # Both give each item the same F0 as a solo run (prosody.py); batched does it in ops
+        # independent of the batch size (what a launch-bound GPU needs), so auto is batched everywhere.
+        self.per_item_prosody = prosody == "per_item"
         self._apply_threads()
         self.model = model.to(self.device).eval()
+        self.decoder_graphs = self._decoder_graphs(cuda_graphs)
         self.style_dim = int(self.model.predictor.text_encoder.sty_dim)
         self._vocab: dict[str, int] = dict(self.model.vocab)
         self.vocab = frozenset(self._vocab)
@@ -198,7 +201,8 @@ class KokoroEngine(Engine):
         try:
             with self._autocast():
                 out = batched_forward(
-                    self.model, token_ids, ref_s, speeds, HashNoise(seeds), per_item_prosody=self.per_item_prosody, edges=edges
+                    self.model, token_ids, ref_s, speeds, HashNoise(seeds), per_item_prosody=self.per_item_prosody, edges=edges,
+                    decoder_graphs=self.decoder_graphs,
                 )
         except ValueError as exc:
             raise EngineError(str(exc)) from exc
@@ -249,10 +253,26 @@ class KokoroEngine(Engine):
             weights_source=self.weights_source,
             num_voices=len(self._voices),
             per_item_prosody=self.per_item_prosody,
+            cuda_graphs=self.decoder_graphs is not None,
         )
         return info
 
     # -- internals ------------------------------------------------------------------------------
+
+    def _decoder_graphs(self, enabled: bool) -> Any:
+        """``engine.cuda_graphs``: a ``DecoderGraphs`` on CUDA (never run on a GPU yet: see its module)."""
+        if not enabled:
+            return None
+        if self.device.type != "cuda":
+            logger.warning("engine.cuda_graphs needs a CUDA device, not %s: the decoder runs eagerly", self.device)
+            return None
+        from gateway.engines.cuda_graphs import DecoderGraphs
+
+        # kokoro's TorchSTFT keeps its window in a plain attribute, which .to() does not move: it
+        # would be copied to the device on every call, which a graph cannot capture.
+        stft = self.model.decoder.generator.stft
+        stft.window = stft.window.to(self.device)
+        return DecoderGraphs(self.model.decoder, self.device)
 
     def _apply_threads(self) -> None:
         # torch's intra-op thread count is per calling thread under OpenMP: set it on the engine

@@ -75,8 +75,11 @@ class HashNoise(SourceNoise):
 
     per_harmonic = False
 
-    def __init__(self, seeds: Sequence[int]) -> None:
+    def __init__(self, seeds: Sequence[int], *, seeds_t: torch.Tensor | None = None) -> None:
         self.seeds = [_signed(int(seed)) for seed in seeds]
+        #: The seeds as an int64 device tensor, when the caller keeps them there (a CUDA graph's
+        #: static input: no host-to-device copy inside the graph); else made per call.
+        self.seeds_t = seeds_t
 
     def __len__(self) -> int:
         return len(self.seeds)
@@ -86,7 +89,8 @@ class HashNoise(SourceNoise):
             raise ValueError(f"{len(lengths)} items but {len(self.seeds)} seeds")
         # One key per item; the counter (harmonic in the high bits, sample in the low 40) does not
         # depend on the padded width, so an item's draws do not depend on its company.
-        keys = _splitmix64(torch.tensor(self.seeds, dtype=torch.int64, device=device) + _GOLDEN).view(-1, 1, 1)
+        seeds = torch.tensor(self.seeds, dtype=torch.int64, device=device) if self.seeds_t is None else self.seeds_t
+        keys = _splitmix64(seeds + _GOLDEN).view(-1, 1, 1)
         counter = (torch.arange(dim, dtype=torch.int64, device=device).view(1, -1, 1) << 40) + torch.arange(
             width, dtype=torch.int64, device=device
         ).view(1, 1, -1)
