@@ -584,7 +584,7 @@ class Gateway:
 
     def _phonemize(self, rt: _Runtime, request: PieceRequest) -> None:
         loop = asyncio.get_running_loop()
-        future = self.g2p.submit(request.text, request.context.settings.lang, owner=rt.session, tag=request.context)
+        future = self.g2p.submit(request.text, request.context.settings.lang, owner=rt.session, tag=request.context, seam=request.context.segmenter.seam(request.ordinal))
         # The G2P thread completes a session's jobs in submission order (round-robin across sessions),
         # and call_soon_threadsafe keeps that order.
         future.add_done_callback(lambda f: loop.call_soon_threadsafe(self._on_phonemes, rt, request, f))
@@ -632,6 +632,7 @@ class Gateway:
                     deadline=deadline,
                     payload=(rt, request, index, part),
                     text=part.text,
+                    left_context=part.left_context, right_context=part.right_context,
                 )
             )
         self._update_queue_depth()
@@ -702,6 +703,7 @@ class Gateway:
                 hints=_schedule_hints(p, sent_at) if remote else None,
                 trim_start=trim,
                 trim_end=trim,
+                left_context=p.left_context, right_context=p.right_context,
             )
             for p in batch.pieces
         ]
