@@ -248,14 +248,7 @@ def cut_context(
         durations[: 1 + span.left] = 0
     if span.right:
         durations[n - 1 - span.right :] = 0
-    out = np.array(audio[start * SAMPLES_PER_FRAME : stop * SAMPLES_PER_FRAME], dtype=np.float32, copy=True)
-    fade = min(fade_samples, len(out) // 2)
-    if fade:
-        ramp = np.linspace(0.0, 1.0, fade, endpoint=False, dtype=np.float32)
-        if span.left:
-            out[:fade] *= ramp
-        if span.right:
-            out[len(out) - fade :] *= ramp[::-1]
+    out = _cut(audio, start * SAMPLES_PER_FRAME, stop * SAMPLES_PER_FRAME, fade_samples, fade_in=bool(span.left), fade_out=bool(span.right))
     return out, without_context(durations, span)
 
 
@@ -300,15 +293,20 @@ def trim_edges(
     _take_frames(durations, tail_quiet, from_end=True)
     start = (lead_frames + lead_quiet) * SAMPLES_PER_FRAME
     stop = (lead_frames + middle - tail_quiet) * SAMPLES_PER_FRAME
+    return _cut(audio, start, stop, fade_samples, fade_in=bool(span.lead), fade_out=bool(span.tail)), durations
+
+
+def _cut(audio: np.ndarray, start: int, stop: int, fade_samples: int, *, fade_in: bool, fade_out: bool) -> np.ndarray:
+    """A float32 copy of ``audio[start:stop]``, faded in / out over ``fade_samples`` at a cut edge."""
     out = np.array(audio[start:stop], dtype=np.float32, copy=True)
     fade = min(fade_samples, len(out) // 2)
     if fade:
         ramp = np.linspace(0.0, 1.0, fade, endpoint=False, dtype=np.float32)
-        if span.lead:
+        if fade_in:
             out[:fade] *= ramp
-        if span.tail:
+        if fade_out:
             out[len(out) - fade :] *= ramp[::-1]
-    return out, durations
+    return out
 
 
 def _frame_db(audio: np.ndarray) -> np.ndarray:
