@@ -238,6 +238,10 @@ def test_cut_context_leaves_exactly_the_pieces_frames_and_durations() -> None:
     assert kept.tolist() == [0, 3, 4, 0]  # [BOS, p1, p2, EOS]
     assert len(out) == kept.sum() * SAMPLES_PER_FRAME
     assert set(np.unique(out[200:-200])) == {5.0, 6.0}  # only the piece's own frames (fades aside)
+    # The space that joins the left context to the piece (token 3 here) stays, as the piece's onset.
+    out, kept = cut_context(audio, durations, EdgeSpan(0, 0, left=3, right=2, joint=1))
+    assert kept.tolist() == [0, 7 + 3, 4, 0] and len(out) == kept.sum() * SAMPLES_PER_FRAME
+    assert set(np.unique(out[200:-200])) == {4.0, 5.0, 6.0}
 
 
 def test_an_item_read_with_context_speaks_only_itself(engine) -> None:  # noqa: F811

@@ -83,6 +83,9 @@ class EdgeSpan:
     tail: int
     left: int = 0
     right: int = 0
+    #: The last tokens of the left context that are the spaces before the phonemes: their frames
+    #: stay with the piece (see ``cut_context``).
+    joint: int = 0
 
     def __bool__(self) -> bool:
         return bool(self.lead or self.tail or self.left or self.right)
@@ -233,7 +236,8 @@ def cut_context(
     audio: np.ndarray, durations: np.ndarray, span: EdgeSpan | None, *, fade_samples: int = FADE_SAMPLES
 ) -> tuple[np.ndarray, np.ndarray]:
     """Cut the frames of the context (and the boundary token) on each side with context, exactly
-    at the phonemes' edge, and fade the new edge; returns (audio, durations ``[BOS, *phonemes, EOS]``).
+    at the phonemes' edge (before the space that joins the left context to them: ``span.joint``),
+    and fade the new edge; returns (audio, durations ``[BOS, *phonemes, EOS]``).
 
     ``durations`` are the whole item's (``[BOS, *left, *phonemes, *right, EOS]``, ``clamp_edges``d),
     so ``len(audio) == durations.sum() * 600`` holds before and after.
@@ -242,9 +246,13 @@ def cut_context(
         return audio, durations
     durations = np.asarray(durations, dtype=np.int64).copy()
     n = len(durations)
-    start = int(durations[: 1 + span.left].sum()) if span.left else 0
+    start = int(durations[: 1 + span.left - span.joint].sum()) if span.left else 0
     stop = int(durations[: n - 1 - span.right].sum()) if span.right else int(durations.sum())
     if span.left:
+        # The space between the words of a seam is kept on the piece after it (counted as its first
+        # phoneme's, as the onset in ``trim_edges``): the decoder starts a word's first consonant
+        # in the frames before it, and the piece before the seam ends at its last phoneme.
+        durations[1 + span.left] += durations[1 + span.left - span.joint : 1 + span.left].sum()
         durations[: 1 + span.left] = 0
     if span.right:
         durations[n - 1 - span.right :] = 0

@@ -14,6 +14,7 @@ random one for tests).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -196,7 +197,8 @@ class KokoroEngine(Engine):
             speeds.append(float(item.speed))
             seeds.append(item.effective_seed())
             spoken.append(kept)
-            edges.append(edge_span(kept, trim_start=item.trim_start, trim_end=item.trim_end, left=len(left), right=len(right)))
+            span = edge_span(kept, trim_start=item.trim_start, trim_end=item.trim_end, left=len(left), right=len(right))
+            edges.append(dataclasses.replace(span, joint=len(left) - len(left.rstrip(" "))))
         rows = torch.tensor(voice_rows, dtype=torch.long, device=self.device)
         ref_s = self._packs[rows[:, 0], rows[:, 1], 0]
         try:

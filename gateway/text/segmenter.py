@@ -292,14 +292,20 @@ class Segmenter:
         self.sentence_done = self.sentence_done or _ends_sentence(piece)
         # Both sides of a seam get context or neither: none after a sentence end, a line break, or
         # before unspaced text (``_right_words`` gives "" there).
-        tail = piece.split()[-self.context_words :] if right else []
-        self._left = "" if any(_is_wide(c) for w in tail for c in w) else " ".join(tail)
+        tail: list[str] = []
+        for word in reversed(piece.split()[-self.context_words :] if right else []):
+            if any(_is_wide(c) for c in word):
+                break  # the words after unspaced text only
+            tail.insert(0, word)
+        self._left = " ".join(tail)
 
     def _right_words(self, text: str, end: int, *, final: bool) -> str | None:
         """The first ``context_words`` words after a cut at ``end``, within the sentence; None while
         they have not all arrived whole (a word is whole once whitespace follows it)."""
         if not self.context_words or _ends_sentence(text[:end].rstrip()):
             return ""
+        if any(_is_wide(c) for c in text[:end].rstrip().rsplit(None, 1)[-1]):
+            return ""  # unspaced text before the cut: no words to count on either side
         words: list[str] = []
         i, n = end, len(text)
         while len(words) < self.context_words:
