@@ -156,6 +156,10 @@ class SegmenterConfig:
     trim_edges: bool = True
     pause_clause_ms: float = 100.0
     pause_sentence_ms: float = 175.0
+    #: Words of the same sentence on each side of a cut that the engine reads with a piece (not
+    #: spoken), so the piece gets mid-sentence prosody; a cut waits for the words after it
+    #: (``gateway.text.segmenter``, Seams). 0: off.
+    context_words: int = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -458,6 +462,7 @@ def _validate(config: Config) -> None:
             "segmenter.first_audio_target_ms, whole_max_chars and pause_*_ms must be >= 0",
         ),
         (min(config.segmenter.sentence_max_cuts, config.segmenter.min_tail_chars) >= 0, "segmenter.sentence_max_cuts and min_tail_chars must be >= 0"),
+        (config.segmenter.context_words >= 0, "segmenter.context_words must be >= 0"),
         (config.scheduler.max_batch_pieces >= 0, "scheduler.max_batch_pieces must be >= 0"),
         (config.scheduler.max_batch_tokens >= 512, "scheduler.max_batch_tokens must be >= 512 (one full piece)"),
         (config.scheduler.max_wait_ms >= 0, "scheduler.max_wait_ms must be >= 0"),

@@ -371,6 +371,8 @@ class Hub:
                     deadline=deadline,
                     payload=(entry, request, index, part),
                     text=part.text,
+                    left_context=part.left_context,
+                    right_context=part.right_context,
                 )
             )
         self._update_queue_depth()
@@ -399,6 +401,8 @@ class Hub:
                 hints=schedule_hints(p, now) if remote else None,
                 trim_start=trim,
                 trim_end=trim,
+                left_context=p.left_context,
+                right_context=p.right_context,
             )
             for p in batch.pieces
         ]

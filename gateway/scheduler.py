@@ -92,6 +92,10 @@ class Piece:
     seed: int | None = None
     #: The text behind the phonemes (for text-reading engines; never logged).
     text: str = ""
+    #: Phonemes of the same sentence around the piece: read by the engine, not spoken
+    #: (``SynthesisItem.left_context``, ``gateway.text.seams``).
+    left_context: str = ""
+    right_context: str = ""
     piece_id: int = -1
     status: PieceStatus = PieceStatus.QUEUED
 

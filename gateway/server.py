@@ -385,7 +385,8 @@ class Gateway:
 
     def _phonemize(self, job: PhonemizeJob) -> None:
         loop = asyncio.get_running_loop()
-        future = self.g2p.submit(job.text, job.lang, owner=job.entry.session, tag=job.request.context)
+        request = job.request
+        future = self.g2p.submit(job.text, job.lang, owner=job.entry.session, tag=request.context, seam=request.context.segmenter.seam(request.ordinal))
         # The G2P thread completes a session's jobs in submission order (round-robin across sessions),
         # and call_soon_threadsafe keeps that order.
         future.add_done_callback(lambda f: loop.call_soon_threadsafe(self._on_phonemes, job, f))

@@ -11,7 +11,16 @@ import torch
 from gateway.audio_join import CutClass, PauseLengths, cut_class, with_pause
 from gateway.config import SegmenterConfig, SessionConfig
 from gateway.engines.base import SAMPLES_PER_FRAME, SynthesisItem, SynthesisResult
-from gateway.engines.edges import LEAD_LOOKBACK_FRAMES, EdgeSpan, clamp_edges, edge_span, trim_edges
+from gateway.engines.edges import (
+    LEAD_LOOKBACK_FRAMES,
+    EdgeSpan,
+    clamp_edges,
+    clamp_edges_batch,
+    context_window,
+    cut_context,
+    edge_span,
+    trim_edges,
+)
 from gateway.session import Session
 from gateway.text.g2p import WordSpan
 from tests.test_kokoro_engine import engine  # noqa: F401 - the tiny-engine fixture
@@ -192,7 +201,11 @@ async def test_streamed_pieces_join_without_a_hole_and_with_the_pause_of_each_cu
         "It was fast",
     ]
     gaps = [b["phonemes"][0]["start_ms"] - a["phonemes"][-1]["end_ms"] for a, b in zip(pieces, pieces[1:])]
-    assert gaps == [0.0, 100.0, 175.0]
+    # The comma's piece was read with the words after it (seam context): its pause is the comma's
+    # own predicted duration, inside its timings, and none is added; the sentence end gets one.
+    assert gaps == [0.0, 0.0, 175.0]
+    assert pieces[1]["phonemes"][-1]["phoneme"] == ","
+    assert pieces[1]["phonemes"][-1]["end_ms"] > pieces[1]["phonemes"][-1]["start_ms"]
     assert pieces[0]["phonemes"][0]["start_ms"] == 0.0  # no lead-in silence before the first word
     done = run.of_type("context.done")[0]
     assert done["audio_ms"] == pytest.approx(pieces[-1]["phonemes"][-1]["end_ms"] + 175.0, abs=0.1)
@@ -202,3 +215,80 @@ def orjson_dumps(message: dict) -> str:
     import orjson
 
     return orjson.dumps(message).decode()
+
+
+# -- context across a seam ----------------------------------------------------------------------
+
+
+def test_context_tokens_keep_only_the_frames_next_to_the_piece_and_the_boundary_none() -> None:
+    # [BOS, l1, l2, l3, p1, p2, r1, r2, EOS]: 3 left and 2 right context tokens around a 2-token piece.
+    durations = torch.tensor([30, 5, 6, 7, 3, 4, 6, 9, 14])
+    span = EdgeSpan(0, 0, left=3, right=2)
+    assert clamp_edges(durations, span, context_frames=8).tolist() == [0, 0, 1, 7, 3, 4, 6, 2, 0]
+    full = clamp_edges_batch(durations[None], [9], [span], context_frames=None)
+    assert full[0].tolist() == [0, 5, 6, 7, 3, 4, 6, 9, 0]  # the prosody predictor's: context whole
+    window, dropped = context_window(full, [9], [span], context_frames=8)
+    assert window[0].tolist() == [0, 0, 1, 7, 3, 4, 6, 2, 0] and dropped.tolist() == [5 + 5]
+
+
+def test_cut_context_leaves_exactly_the_pieces_frames_and_durations() -> None:
+    durations = np.array([0, 0, 1, 7, 3, 4, 6, 2, 0])
+    audio = np.repeat(np.arange(len(durations), dtype=np.float32) + 1, durations * SAMPLES_PER_FRAME)
+    out, kept = cut_context(audio, durations, EdgeSpan(0, 0, left=3, right=2))
+    assert kept.tolist() == [0, 3, 4, 0]  # [BOS, p1, p2, EOS]
+    assert len(out) == kept.sum() * SAMPLES_PER_FRAME
+    assert set(np.unique(out[200:-200])) == {5.0, 6.0}  # only the piece's own frames (fades aside)
+    # The space that joins the left context to the piece (token 3 here) stays, as the piece's onset.
+    out, kept = cut_context(audio, durations, EdgeSpan(0, 0, left=3, right=2, joint=1))
+    assert kept.tolist() == [0, 7 + 3, 4, 0] and len(out) == kept.sum() * SAMPLES_PER_FRAME
+    assert set(np.unique(out[200:-200])) == {4.0, 5.0, 6.0}
+
+
+def test_an_item_read_with_context_speaks_only_itself(engine) -> None:  # noqa: F811
+    """The tiny engine: context changes the piece (the text side reads it) but gives it no audio,
+    no duration and no timings; batched with company it equals its solo run."""
+    voice = engine.voices()[0]
+    piece = SynthesisItem("bɹˈaʊn fˈɑks", voice, seed=1, trim_start=True, trim_end=True)
+    read = dataclasses.replace(piece, left_context="ðə kwˈɪk ", right_context=" ʤˈʌmpt ˈOvəɹ")
+    alone, with_context = engine.synthesize([piece, read])
+    assert with_context.phonemes == piece.phonemes
+    assert len(with_context.durations) == len(piece.phonemes) + 2
+    assert len(with_context.audio) == with_context.durations.sum() * SAMPLES_PER_FRAME
+    assert with_context.durations[0] == with_context.durations[-1] == 0  # no lead-in, no tail
+    assert with_context.extra["context_tokens"] == (len("ðə kwˈɪk "), len(" ʤˈʌmpt ˈOvəɹ"))
+    assert "edges_trimmed" not in with_context.extra  # both sides continue: no pause is added
+    same = np.array_equal(alone.durations, with_context.durations) and np.allclose(alone.audio, with_context.audio)
+    assert not same, "the context was not read"
+    company = SynthesisItem("sˈɛvən sˈɪlvəɹ swˈɑnz", voice, seed=2)
+    for batch, at in (([read, company], 0), ([company, read], 1)):
+        together = engine.synthesize(batch)[at]
+        assert np.array_equal(together.durations, with_context.durations)
+        assert np.linalg.norm(together.audio - with_context.audio) <= 1e-4 * np.linalg.norm(with_context.audio)
+
+
+def test_context_in_the_whole_batch_prosody_pass_does_not_depend_on_company() -> None:
+    """``prosody="batched"`` (the CUDA default): the context window is cut per item in one gather.
+
+    With the batch-invariant prosody kernels (``gateway.engines.prosody``) the item reads the same
+    alone and in company: equal durations, audio within float noise (measured 1.3e-6 max abs)."""
+    from gateway.engines.kokoro import KokoroEngine
+
+    eng = KokoroEngine.tiny(seed=0, device="cpu", num_threads=1, max_batch_size=4, prosody="batched")
+    voice = eng.voices()[0]
+    read = SynthesisItem("bɹˈaʊn fˈɑks", voice, seed=1, trim_start=True, trim_end=True, left_context="ðə kwˈɪk ", right_context=" ʤˈʌmpt")
+    company = SynthesisItem("sˈɛvən sˈɪlvəɹ swˈɑnz swˈæm", voice, seed=2, trim_start=True, left_context="ɡˈʊd ")
+    alone = eng.synthesize([read])[0]
+    assert len(alone.audio) == alone.durations.sum() * SAMPLES_PER_FRAME
+    for batch, at in (([read, company], 0), ([company, read], 1)):
+        together = eng.synthesize(batch)[at]
+        assert np.array_equal(together.durations, alone.durations)
+        assert np.abs(together.audio - alone.audio).max() <= 1e-4
+
+
+def test_a_one_sided_context_keeps_the_other_edges_trim_and_pause(engine) -> None:  # noqa: F811
+    voice = engine.voices()[0]
+    last = SynthesisItem("ðə lˈeɪzi dˈɔɡ.", voice, seed=3, trim_start=True, trim_end=True, left_context="ˈOvəɹ ")
+    result = engine.synthesize([last])[0]
+    assert result.extra["edges_trimmed"] == (False, True)  # the sentence end still gets its pause
+    assert result.durations[0] == 0 and result.durations[-1] == 0
+    assert len(result.audio) == result.durations.sum() * SAMPLES_PER_FRAME

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.text.segmenter import Segmenter, text_units
+from gateway.text.segmenter import Seam, Segmenter, text_units
 
 
 def segment(text: str, fragments: list[str] | None = None, **options: object) -> list[str]:
@@ -406,3 +406,56 @@ def test_capped_and_tail_rule_pieces_do_not_depend_on_fragmentation(text: str, c
     options = {"first_min_chars": 4, "first_max_chars": 16, "min_chars": 16, "max_chars": 40, "whole_max_chars": 60,
                "growth": 1.5, "sentence_max_cuts": 2, "min_tail_chars": 10}
     assert segment(text, fragment(text, [c for c in cuts if c < len(text)]), **options) == segment(text, **options)
+
+
+# -- seams: the words around each piece ---------------------------------------------------------
+
+
+def seams(text: str, fragments: list[str] | None = None, **options: object) -> list[tuple[str, Seam]]:
+    seg = Segmenter(**options)  # type: ignore[arg-type]
+    pieces: list[str] = []
+    for fragment in fragments if fragments is not None else [text]:
+        pieces += seg.feed(fragment)
+    pieces += seg.flush()
+    return [(piece, seg.seam(i)) for i, piece in enumerate(pieces)]
+
+
+def test_each_piece_gets_the_words_around_it_within_its_sentence() -> None:
+    text = "When the rain stopped, we walked down to the harbour. It was late."
+    got = seams(text, first_max_chars=16, min_chars=16, growth=1.0, max_chars=30, context_words=2)
+    assert got == [
+        ("When the rain", Seam("", "stopped, we")),
+        ("stopped,", Seam("the rain", "we walked")),  # a comma is no sentence end: context goes on
+        ("we walked down", Seam("stopped,", "to the")),
+        ("to the harbour.", Seam("walked down", "")),
+        ("It was late.", Seam("", "")),  # no context across a sentence end
+    ]
+
+
+def test_no_context_across_a_line_break_or_in_unspaced_text() -> None:
+    got = seams("one two three four\nfive six", first_max_chars=8, context_words=2)
+    assert got[0] == ("one two", Seam("", "three four"))
+    assert got[1:] == [("three four", Seam("one two", "")), ("five six", Seam("", ""))]
+    assert all(seam == Seam() for _, seam in seams("今日は天気がとても良いので公園まで歩いて行きましょう。", context_words=3))
+
+
+def test_a_cut_inside_a_sentence_waits_for_the_words_of_its_right_context() -> None:
+    seg = Segmenter(first_max_chars=16, context_words=2)
+    assert seg.feed("When the rain stopped") == []
+    assert seg.feed(" we") == []  # "we" may still grow ("weather")
+    assert seg.feed(" ") == ["When the rain"]
+    assert seg.seam(0) == Seam("", "stopped we")
+    assert seg.seam(0) == Seam()  # taken once
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.data(), text=_TEXTS, options=_OPTIONS)
+def test_seams_do_not_depend_on_fragmentation(data: st.DataObject, text: str, options: dict[str, float]) -> None:
+    cuts = data.draw(st.lists(st.integers(0, len(text)), max_size=30))
+    whole = seams(text, context_words=3, **options)
+    assert seams(text, fragment(text, cuts), context_words=3, **options) == whole
+    assert [piece for piece, _ in whole] == segment(text, context_words=3, **options)
+    for (piece, seam), (_, following) in itertools.pairwise(whole):
+        assert bool(seam.right) == bool(following.left)  # both sides of a seam, or neither
+        if seam.right:
+            assert piece.split()[-len(following.left.split()) :] == following.left.split()

@@ -229,7 +229,9 @@ def _fragments(text: str, lang: str) -> list[str]:
     return re.findall(r"\S+\s*", text)
 
 
-async def speak(url: str, text: str, lang: str, *, stream: bool, words_per_second: float, voice: str | None) -> dict[str, Any]:
+async def speak(
+    url: str, text: str, lang: str, *, stream: bool, words_per_second: float, voice: str | None, context_words: int = 0
+) -> dict[str, Any]:
     """One context over protocol v1; returns audio, TTFA and what the first piece cost."""
     import websockets
 
@@ -290,8 +292,10 @@ async def speak(url: str, text: str, lang: str, *, stream: bool, words_per_secon
         await sender
     t0 = sent_at[0]
     if stream and first_words is not None and lang != "ja":
-        # The server cut the first piece once the word after it started to arrive.
-        arrival = sent_at[min(first_words, len(sent_at) - 1)] - t0
+        # The server cut the first piece once the word after it started to arrive, or, reading
+        # ``context_words`` words after it (seams), once those had arrived whole.
+        after = first_words + context_words - 1 if context_words else first_words
+        arrival = sent_at[min(after, len(sent_at) - 1)] - t0
     elif stream:
         arrival = (sent_at[-1] - t0) if first_words is None else 0.0
     else:
@@ -370,7 +374,7 @@ async def _run(args: argparse.Namespace, url: str, sentences: Sequence[tuple[str
     rows = []
     for lang, kind, text in sentences:
         for mode in ("whole", "stream"):
-            run = await speak(url, text, lang, stream=mode == "stream", words_per_second=args.words_per_second, voice=voices[lang])
+            run = await speak(url, text, lang, stream=mode == "stream", words_per_second=args.words_per_second, voice=voices[lang], context_words=args.context_words)
             audio = run.pop("audio")
             rows.append({"lang": lang, "kind": kind, "text": text, "mode": mode, "audio": audio, **run,
                          "audio_ms": len(audio) * 1000 / RATE, "longest_silence_ms": longest_inner_silence_ms(audio)})
@@ -427,6 +431,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--label", default="run", help="names the result files (e.g. before, after)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override for the started server")
     parser.add_argument("--words-per-second", type=float, default=20.0)
+    parser.add_argument(
+        "--context-words", type=int, default=3,
+        help="the server's segmenter.context_words (its first cut waits for them: text arrival); 0 for servers before seams",
+    )
     parser.add_argument("--voice-en", default=None)
     parser.add_argument("--voice-ja", default="jf_alpha")
     parser.add_argument("--weights", default="auto", help="engine weights for the whole-by-engine baseline")

@@ -83,6 +83,13 @@ class SynthesisItem:
     #: ``SynthesisResult.extra["edges_trimmed"]``; others ignore it. Not part of ``default_seed``.
     trim_start: bool = False
     trim_end: bool = False
+    #: Phonemes of the same sentence just before / after the item (its neighbours' edges, with the
+    #: space between as the whole sentence's phonemes have it). Engines that can read them for the
+    #: item's prosody but give them no audio (``gateway.engines.edges``), so a piece cut from a
+    #: sentence is spoken as its middle, not as an utterance of its own; the result (audio,
+    #: durations, phonemes) is the item's alone. Others ignore them. Not part of ``default_seed``.
+    left_context: str = ""
+    right_context: str = ""
 
     def effective_seed(self) -> int:
         if self.seed is not None:

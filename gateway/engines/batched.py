@@ -49,7 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gateway.engines.edges import EdgeSpan, clamp_edges_batch
+from gateway.engines.edges import EdgeSpan, clamp_edges_batch, context_window
 from gateway.engines.prosody import f0_and_n, predict_durations
 from gateway.engines.source_noise import GeneratorNoise, SourceNoise
 
@@ -504,14 +504,37 @@ def _durations_and_prosody(
     so neither the prosody predictor nor the decoder generates that silence.
     """
     durations, d = _predict_durations(model, tokens, s_pred, speeds)
+    context = edges is not None and any(span and (span.left or span.right) for span in edges)
     if edges is not None and any(edges):
-        durations = clamp_edges_batch(durations, tokens.span.lengths, edges)
+        # Context keeps its predicted frames for the prosody predictor, a few for the decoder.
+        durations = clamp_edges_batch(durations, tokens.span.lengths, edges, context_frames=None)
     frames, index = _alignment(durations)
     en = _expand(d.transpose(-1, -2), index, frames)
     # F0/N come out at twice the frame rate (the upsampling AdainResBlk1d).
     halves = frames.mapped(lambda n: _conv_t_len(model.predictor.F0[1].pool, n))
     f0, n_curve = _prosody(model.predictor, en, s_pred, frames, halves)
     _check_width(f0, halves, "F0 curve")
+    if context:
+        durations, f0, n_curve, frames, index, halves = _context_window(model, durations, f0, n_curve, tokens, edges)
+    return durations, f0, n_curve, frames, index, halves
+
+
+def _context_window(
+    model: nn.Module,
+    durations: torch.Tensor,
+    f0: torch.Tensor,
+    n_curve: torch.Tensor,
+    tokens: _Tokens,
+    edges: Sequence[EdgeSpan | None],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, _Span, torch.Tensor, _Span]:
+    """The decoder's window of a batch whose prosody ran over the whole context: the context down to
+    the frames next to each item's phonemes (``edges.context_window``), F0/N cut to match."""
+    durations, dropped = context_window(durations, tokens.span.lengths, edges)
+    frames, index = _alignment(durations)
+    halves = frames.mapped(lambda n: _conv_t_len(model.predictor.F0[1].pool, n))
+    # Half-frame h of item b's window is half-frame 2 * dropped[b] + h of its whole curve.
+    at = (2 * dropped[:, None] + torch.arange(halves.width, device=durations.device)[None, :]).clamp(max=f0.shape[1] - 1)
+    f0, n_curve = _zero_pad(f0.gather(1, at)[:, None], halves)[:, 0], _zero_pad(n_curve.gather(1, at)[:, None], halves)[:, 0]
     return durations, f0, n_curve, frames, index, halves
 
 

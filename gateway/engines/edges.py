@@ -10,6 +10,22 @@ the edge frames, and the frames at a trimmed edge that stay quiet, are cut from 
 few-ms fade against clicks. Cut frames are taken from their tokens' durations, so ``len(audio) ==
 durations.sum() * 600`` still holds and word/phoneme timings computed from them stay exact.
 
+Context across a seam (``SynthesisItem.left_context`` / ``right_context``). A piece spoken alone is
+spoken as an utterance of its own: ALBERT, the text encoder and the duration predictor see only it,
+so its first words get an utterance's onset and its last ones the lengthening and falling pitch of
+an utterance end ("When the rain" alone came out as "One way" for Whisper). So an item may carry
+the phonemes of its neighbours in the same sentence, token layout ``[BOS, *left, *piece, *right,
+EOS]``: the text side reads them all, so the piece gets mid-sentence durations and prosody. On a
+side with context the boundary token gets 0 frames and the context tokens only the
+``CONTEXT_KEEP_FRAMES`` next to the piece (the decoder is not causal: it needs frames on both sides
+of a phoneme to render it; with none after it, a piece's last, now mid-sentence short, phonemes came
+out too quiet to hear), in the same masked op as the edges. After decoding exactly those frames are
+cut (``cut_context``), with the fade: the audio and durations are the piece's alone, the decoder
+spends a few frames on the neighbours instead of ~0.3 s of lead-in silence and an utterance-final
+lengthening, and both sides of a seam are rendered as the same continuous speech. The piece's own
+edge tokens on that side keep what the model predicts mid-sentence (a comma's pause is Kokoro's
+own, so no pause is added there, ``gateway.audio_join``).
+
 The pause a speaker makes at the cut is not the engine's business: the session adds it
 (``gateway.audio_join``), by the punctuation that ends the piece.
 
@@ -27,7 +43,19 @@ import torch
 
 from gateway.engines.base import SAMPLES_PER_FRAME
 
-__all__ = ["NON_SPEECH", "EdgeSpan", "edge_span", "clamp_edges", "clamp_edges_batch", "trim_edges", "FADE_SAMPLES", "LEAD_LOOKBACK_FRAMES"]
+__all__ = [
+    "NON_SPEECH",
+    "EdgeSpan",
+    "edge_span",
+    "clamp_edges",
+    "clamp_edges_batch",
+    "context_window",
+    "without_context",
+    "cut_context",
+    "trim_edges",
+    "FADE_SAMPLES",
+    "LEAD_LOOKBACK_FRAMES",
+]
 
 #: Phoneme characters that carry no speech of their own: Kokoro gives them pause durations.
 NON_SPEECH = frozenset(" ;:,.!?—–…\"()“”«»'-↓→↗↘")
@@ -47,28 +75,37 @@ LEAD_LOOKBACK_FRAMES = 4
 
 @dataclass(frozen=True, slots=True)
 class EdgeSpan:
-    """How many tokens of ``[BOS, *phonemes, EOS]`` are non-speech at each trimmed edge (0: keep)."""
+    """How many tokens of ``[BOS, *phonemes, EOS]`` are non-speech at each trimmed edge (0: keep),
+    and how many context tokens sit between BOS and the phonemes (``left``) and between the phonemes
+    and EOS (``right``) in what the model reads; those get 0 frames."""
 
     lead: int
     tail: int
+    left: int = 0
+    right: int = 0
+    #: The last tokens of the left context that are the spaces before the phonemes: their frames
+    #: stay with the piece (see ``cut_context``).
+    joint: int = 0
 
     def __bool__(self) -> bool:
-        return bool(self.lead or self.tail)
+        return bool(self.lead or self.tail or self.left or self.right)
 
 
-def edge_span(phonemes: str, *, trim_start: bool, trim_end: bool) -> EdgeSpan:
-    """The edge tokens to trim for ``phonemes`` (the characters the engine actually speaks).
+def edge_span(phonemes: str, *, trim_start: bool, trim_end: bool, left: int = 0, right: int = 0) -> EdgeSpan:
+    """The edge tokens to trim for ``phonemes`` (the characters the engine actually speaks), with
+    ``left`` / ``right`` context tokens around them.
 
     The leading span is BOS plus the non-speech characters before the first spoken one, the trailing
-    span the non-speech characters after the last spoken one plus EOS. An item with nothing to say
-    keeps its tokens (there is no speech to cut them from).
+    span the non-speech characters after the last spoken one plus EOS. A side with context is not
+    trimmed (its frames are cut exactly, ``cut_context``). An item with nothing to say keeps its
+    tokens (there is no speech to cut them from); its context is cut all the same.
     """
     spoken = [i for i, ch in enumerate(phonemes) if ch not in NON_SPEECH]
     if not spoken:
-        return EdgeSpan(0, 0)
-    lead = 1 + spoken[0] if trim_start else 0
-    tail = 1 + (len(phonemes) - 1 - spoken[-1]) if trim_end else 0
-    return EdgeSpan(lead, tail)
+        return EdgeSpan(0, 0, left, right)
+    lead = 1 + spoken[0] if trim_start and not left else 0
+    tail = 1 + (len(phonemes) - 1 - spoken[-1]) if trim_end and not right else 0
+    return EdgeSpan(lead, tail, left, right)
 
 
 #: Frames kept on the leading edge tokens: the decoder needs its lead-in to render the first
@@ -78,27 +115,34 @@ def edge_span(phonemes: str, *, trim_start: bool, trim_end: bool) -> EdgeSpan:
 LEAD_KEEP_FRAMES = 12
 #: Frames kept on the trailing edge tokens: one is enough (measured), the rest was silence.
 TAIL_KEEP_FRAMES = 1
+#: Frames of context kept on each side with context: the decoder's lead-in / lead-out (cut after).
+CONTEXT_KEEP_FRAMES = 8
 
 
 def clamp_edges(
-    durations: torch.Tensor, span: EdgeSpan | None, *, lead_frames: int = LEAD_KEEP_FRAMES, tail_frames: int = TAIL_KEEP_FRAMES
+    durations: torch.Tensor,
+    span: EdgeSpan | None,
+    *,
+    lead_frames: int = LEAD_KEEP_FRAMES,
+    tail_frames: int = TAIL_KEEP_FRAMES,
+    context_frames: int = CONTEXT_KEEP_FRAMES,
 ) -> torch.Tensor:
-    """``durations`` (one item, ``[BOS, *phonemes, EOS]``) with the edge tokens held short.
+    """``durations`` (one item, ``[BOS, *left, *phonemes, *right, EOS]``) with the edge tokens held
+    short and the context down to ``context_frames`` next to the phonemes.
 
     Call it where predicted durations become the alignment, so neither the prosody predictor nor the
     decoder generates the silence. The leading tokens keep the lead-in the decoder needs, the
     trailing ones one frame each; ``trim_edges`` removes what stays quiet afterwards. The last spoken
     phoneme keeps its predicted (utterance-final, often ~0.5 s) duration: held shorter, the decoder
-    rendered it too quietly to hear; its silent part is trimmed from the audio instead.
+    rendered it too quietly to hear; its silent part is trimmed from the audio instead. On a side
+    with context the boundary token gets 0 frames and the context tokens nearest the phonemes keep
+    up to ``context_frames`` in all (``cut_context`` cuts them after decoding).
     """
     if not span:
         return durations
-    out = durations.clone()
-    if span.lead:
-        out[: span.lead] = out[: span.lead].clamp(max=lead_frames)
-    if span.tail:
-        out[-span.tail :] = out[-span.tail :].clamp(max=tail_frames)
-    return out
+    return clamp_edges_batch(
+        durations[None], [durations.shape[0]], [span], lead_frames=lead_frames, tail_frames=tail_frames, context_frames=context_frames
+    )[0]
 
 
 def clamp_edges_batch(
@@ -108,17 +152,112 @@ def clamp_edges_batch(
     *,
     lead_frames: int = LEAD_KEEP_FRAMES,
     tail_frames: int = TAIL_KEEP_FRAMES,
+    context_frames: int | None = CONTEXT_KEEP_FRAMES,
 ) -> torch.Tensor:
     """``clamp_edges`` over a padded batch ``(B, T)`` (item b's tokens are ``[:lengths[b]]``), in a
-    fixed number of tensor ops whatever the batch size (the batched forward keeps its op count flat)."""
-    lead = torch.tensor([span.lead if span else 0 for span in spans], device=durations.device)
-    tail = torch.tensor([span.tail if span else 0 for span in spans], device=durations.device)
-    ends = torch.tensor(list(lengths), device=durations.device)
-    position = torch.arange(durations.shape[1], device=durations.device)[None, :]
-    in_lead = position < lead[:, None]
-    in_tail = (position >= (ends - tail)[:, None]) & (position < ends[:, None])
-    out = torch.where(in_lead, durations.clamp(max=lead_frames), durations)
-    return torch.where(in_tail, out.clamp(max=tail_frames), out)
+    fixed number of tensor ops whatever the batch size (the batched forward keeps its op count flat).
+    ``context_frames=None`` leaves the context tokens their predicted durations (``context_window``
+    cuts them later)."""
+    r = _Regions(durations, lengths, spans)
+    out = torch.where(r.position < r.lead_end, durations.clamp(max=lead_frames), durations)
+    out = torch.where((r.position >= r.tail_start) & (r.position < r.end), out.clamp(max=tail_frames), out)
+    out = out.masked_fill(r.boundary, 0)
+    if context_frames is not None:
+        out = torch.where(r.in_left | r.in_right, torch.minimum(out, r.kept(out, context_frames)), out)
+    return out
+
+
+def context_window(
+    durations: torch.Tensor, lengths: Sequence[int], spans: Sequence[EdgeSpan | None], *, context_frames: int = CONTEXT_KEEP_FRAMES
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The decoder's share of ``clamp_edges_batch(..., context_frames=None)``'s durations: context
+    down to ``context_frames`` next to the phonemes. Returns those durations and, per item, how many
+    frames were dropped before the first kept one (``(B,)``): the prosody curves computed over the
+    whole context start that many frames earlier than the decoder's window."""
+    r = _Regions(durations, lengths, spans)
+    out = torch.where(r.in_left | r.in_right, torch.minimum(durations, r.kept(durations, context_frames)), durations)
+    dropped = (durations - out).masked_fill(~r.in_left, 0).sum(dim=1)
+    return out, dropped
+
+
+class _Regions:
+    """Where the edges and the context of each item of a padded ``(B, T)`` batch are, as masks."""
+
+    def __init__(self, durations: torch.Tensor, lengths: Sequence[int], spans: Sequence[EdgeSpan | None]) -> None:
+        device = durations.device
+        spans = [span or EdgeSpan(0, 0) for span in spans]
+        # Per item, positions in its tokens. The edge spans count tokens of [BOS, *phonemes, EOS]:
+        # the context inside them shifts them.
+        bounds = torch.tensor(
+            [
+                [
+                    s.lead + s.left if s.lead else 0,  # lead_end
+                    n - s.tail - s.right if s.tail else n,  # tail_start
+                    1 + s.left,  # left_end
+                    n - 1 - s.right,  # right_start
+                    n,  # end
+                    int(s.left > 0),
+                    int(s.right > 0),
+                ]
+                for s, n in zip(spans, lengths)
+            ],
+            device=device,
+        )
+        self.lead_end, self.tail_start, left_end, right_start, self.end, has_left, has_right = bounds.T[:, :, None]
+        self.position = position = torch.arange(durations.shape[1], device=device)[None, :]
+        self.in_left = (position >= 1) & (position < left_end)
+        self.in_right = (position >= right_start) & (position < self.end - 1)
+        # The boundary token on a side with context gets no frames: the context is the edge there.
+        self.boundary = ((position == 0) & (has_left > 0)) | ((position == self.end - 1) & (has_right > 0))
+
+    def kept(self, durations: torch.Tensor, context_frames: int) -> torch.Tensor:
+        """Frames each context token may keep: what is left of ``context_frames`` after the context
+        tokens between it and the phonemes (a cumulative sum from the phonemes outwards)."""
+        left = durations.masked_fill(~self.in_left, 0)
+        right = durations.masked_fill(~self.in_right, 0)
+        left_cum, right_cum = left.cumsum(dim=1), right.cumsum(dim=1)
+        nearer_left = left_cum[:, -1:] - left_cum
+        nearer_right = right_cum - right
+        return torch.where(self.in_left, context_frames - nearer_left, context_frames - nearer_right).clamp(min=0)
+
+
+def without_context(durations: np.ndarray, span: EdgeSpan | None) -> np.ndarray:
+    """One item's durations with its context tokens removed: ``[BOS, *phonemes, EOS]`` again.
+
+    Call it after ``cut_context`` (the context tokens then have 0 frames: the audio is unchanged).
+    """
+    if not span or not (span.left or span.right):
+        return durations
+    n = len(durations)
+    return np.concatenate([durations[:1], durations[1 + span.left : n - 1 - span.right], durations[n - 1 :]])
+
+
+def cut_context(
+    audio: np.ndarray, durations: np.ndarray, span: EdgeSpan | None, *, fade_samples: int = FADE_SAMPLES
+) -> tuple[np.ndarray, np.ndarray]:
+    """Cut the frames of the context (and the boundary token) on each side with context, exactly
+    at the phonemes' edge (before the space that joins the left context to them: ``span.joint``),
+    and fade the new edge; returns (audio, durations ``[BOS, *phonemes, EOS]``).
+
+    ``durations`` are the whole item's (``[BOS, *left, *phonemes, *right, EOS]``, ``clamp_edges``d),
+    so ``len(audio) == durations.sum() * 600`` holds before and after.
+    """
+    if not span or not (span.left or span.right):
+        return audio, durations
+    durations = np.asarray(durations, dtype=np.int64).copy()
+    n = len(durations)
+    start = int(durations[: 1 + span.left - span.joint].sum()) if span.left else 0
+    stop = int(durations[: n - 1 - span.right].sum()) if span.right else int(durations.sum())
+    if span.left:
+        # The space between the words of a seam is kept on the piece after it (counted as its first
+        # phoneme's, as the onset in ``trim_edges``): the decoder starts a word's first consonant
+        # in the frames before it, and the piece before the seam ends at its last phoneme.
+        durations[1 + span.left] += durations[1 + span.left - span.joint : 1 + span.left].sum()
+        durations[: 1 + span.left] = 0
+    if span.right:
+        durations[n - 1 - span.right :] = 0
+    out = _cut(audio, start * SAMPLES_PER_FRAME, stop * SAMPLES_PER_FRAME, fade_samples, fade_in=bool(span.left), fade_out=bool(span.right))
+    return out, without_context(durations, span)
 
 
 def trim_edges(
@@ -162,15 +301,20 @@ def trim_edges(
     _take_frames(durations, tail_quiet, from_end=True)
     start = (lead_frames + lead_quiet) * SAMPLES_PER_FRAME
     stop = (lead_frames + middle - tail_quiet) * SAMPLES_PER_FRAME
+    return _cut(audio, start, stop, fade_samples, fade_in=bool(span.lead), fade_out=bool(span.tail)), durations
+
+
+def _cut(audio: np.ndarray, start: int, stop: int, fade_samples: int, *, fade_in: bool, fade_out: bool) -> np.ndarray:
+    """A float32 copy of ``audio[start:stop]``, faded in / out over ``fade_samples`` at a cut edge."""
     out = np.array(audio[start:stop], dtype=np.float32, copy=True)
     fade = min(fade_samples, len(out) // 2)
     if fade:
         ramp = np.linspace(0.0, 1.0, fade, endpoint=False, dtype=np.float32)
-        if span.lead:
+        if fade_in:
             out[:fade] *= ramp
-        if span.tail:
+        if fade_out:
             out[len(out) - fade :] *= ramp[::-1]
-    return out, durations
+    return out
 
 
 def _frame_db(audio: np.ndarray) -> np.ndarray:

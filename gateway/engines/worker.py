@@ -19,6 +19,8 @@ from typing import Any
 from gateway.engines.base import Engine, EngineError, SynthesisItem, SynthesisResult
 from gateway.engines.facts import EngineFacts
 from gateway.errors import EngineFailed
+from gateway.text.seams import with_context
+from gateway.text.segmenter import Seam
 
 __all__ = ["EngineWorker", "G2PWorker", "BatchOutcome"]
 
@@ -181,19 +183,23 @@ class G2PWorker:
 
         return self._put(load, owner=None, tag=None)
 
-    def submit(self, text: str, lang: str, *, owner: Hashable = None, tag: Hashable = None) -> concurrent.futures.Future[list]:
+    def submit(
+        self, text: str, lang: str, *, owner: Hashable = None, tag: Hashable = None, seam: Seam | None = None
+    ) -> concurrent.futures.Future[list]:
         """Phonemize ``text``; ``owner`` (a session) is the unit of fairness, ``tag`` (a context) the
-        unit of cancellation."""
+        unit of cancellation. With a ``seam`` the pieces come back with its words
+        phonemized around them (``gateway.text.seams``)."""
 
         def phonemize() -> list:
-            g2p = self._get(lang)
+            g2p: Any = self._get(lang)
             # Loading a language (spaCy, dictionaries: seconds on a busy CPU) is the server's cost,
             # not this text's: the budget starts once the backend is ready.
             loader = getattr(g2p, "load", None)
             if loader is not None:
                 loader()
             deadline = time.perf_counter() + self.budget_s if self.budget_s > 0 else None
-            return g2p.phonemize(text, deadline=deadline)  # type: ignore[attr-defined]
+            parts = g2p.phonemize(text, deadline=deadline)  # type: ignore[attr-defined]
+            return parts if seam is None else with_context(g2p, parts, seam, deadline=deadline)
 
         return self._put(phonemize, owner=owner, tag=tag)
 

@@ -44,11 +44,15 @@ class PhonemePiece:
     ``text`` is the graphemes it came from, after the backend's normalisation (misaki removes
     ``[word](/phonemes/)`` markup; the Japanese and Chinese backends apply NFKC, spell digits and
     drop spaces). ``words`` are in order, non-overlapping and inside ``phonemes``.
+    ``left_context`` / ``right_context``: the phonemes of the words around the piece that the model
+    reads but does not speak (``gateway.text.seams``); "" for none.
     """
 
     phonemes: str
     text: str
     words: tuple[WordSpan, ...] = ()
+    left_context: str = ""
+    right_context: str = ""
 
 
 @dataclass(slots=True)

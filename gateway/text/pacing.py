@@ -58,4 +58,5 @@ def make_segmenter(config: SegmenterConfig, seconds_per_token: float, speed: flo
         whole_max_chars=max(config.whole_max_chars, config.first_min_chars) if config.whole_max_chars else None,
         sentence_max_cuts=config.sentence_max_cuts,
         min_tail_chars=config.min_tail_chars,
+        context_words=config.context_words,
     )

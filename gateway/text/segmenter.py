@@ -26,7 +26,20 @@ Invariants (tested with hypothesis):
 - the pieces do not depend on how the text was fragmented: every decision looks at a bounded,
   already-received stretch of text and waits (returns nothing yet) until it has it. The price is
   one fragment of latency at each cut: a cut is taken only once the next word has started to
-  arrive, so that "Mr." / "e.g." / "3.5" and closing quotes are seen first.
+  arrive, so that "Mr." / "e.g." / "3.5" and closing quotes are seen first;
+- so do the seams (``seam(index)``): with ``context_words`` a cut inside a sentence also waits
+  until that many words after it have arrived whole (or the sentence or the text ends).
+
+Seams. A piece cut from a sentence is synthesized alone, and a TTS model speaks what it gets as an
+utterance of its own (onset, final lengthening, falling pitch). So each piece is handed its
+neighbours' words, ``Seam(left, right)``: the last ``context_words`` words of the piece before it
+and the first ones after it, within the same sentence (none across a sentence end or a line break,
+none in unspaced CJK text, where a "word" is not a unit the segmenter can count). The engine reads
+them for the piece's prosody but speaks only the piece (``SynthesisItem.left_context``). The right
+context must not depend on what happened to have arrived at the cut, so the cut waits for it: in a
+stream at 20 words/s that is ~50 ms a word, paid once, by the first piece (later pieces are not
+urgent: the audio ahead of them is still playing). Whole text (a ``text`` then ``flush``) has it
+at once.
 """
 
 from __future__ import annotations
@@ -37,7 +50,7 @@ from functools import lru_cache
 
 from gateway.text.phrases import BAD, boundary_score
 
-__all__ = ["Segmenter", "text_units"]
+__all__ = ["Seam", "Segmenter", "text_units"]
 
 # Sentence-ending marks that need a following space (so "3.5", "U.S.A", ".com" are not cut).
 _SENTENCE_MARKS = frozenset(".!?…")
@@ -86,6 +99,14 @@ def text_units(text: str, *, cjk_weight: int = 3) -> int:
 
 
 @dataclass(frozen=True, slots=True)
+class Seam:
+    """The words of the same sentence around a piece (graphemes, "" for none): read, not spoken."""
+
+    left: str = ""
+    right: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class _Limits:
     max_units: int  # force a cut at a word boundary before exceeding this
     clause_min: int  # clause boundaries cut only once the piece is this long
@@ -124,6 +145,8 @@ class Segmenter:
       sentence: the piece after the last one runs to the sentence end (up to ``whole_max_chars``).
       Every cut speaks a piece as a whole utterance, with the lengthening and falling pitch of an
       utterance end, and the words at the edges suffer (measured: Whisper misheard them). 0: no cap.
+    - ``context_words`` (0): each piece's ``seam()`` holds up to this many words of the same
+      sentence on each side, and a cut inside a sentence waits for those after it (see Seams).
     - ``min_tail_chars`` (0): a cut inside a sentence must leave at least this many units before
       the sentence ends, so no piece is a stray word ("week.", "come in."); it waits for that much
       text (or the end) to arrive. A cut that leaves less is taken only when no other boundary fits.
@@ -152,6 +175,7 @@ class Segmenter:
         whole_max_chars: int | None = None,
         sentence_max_cuts: int = 0,
         min_tail_chars: int = 0,
+        context_words: int = 0,
     ) -> None:
         if not 0 < first_min_chars <= first_max_chars <= max_chars:
             raise ValueError("need 0 < first_min_chars <= first_max_chars <= max_chars")
@@ -174,6 +198,13 @@ class Segmenter:
             raise ValueError("sentence_max_cuts and min_tail_chars must be >= 0")
         self.sentence_max_cuts = sentence_max_cuts
         self.min_tail_chars = min_tail_chars
+        if context_words < 0:
+            raise ValueError("context_words must be >= 0")
+        self.context_words = context_words
+        # Seams of the pieces handed out and not yet taken, by piece index; the words the last
+        # piece ended with (the next one's left context; "" after a sentence end or a line break).
+        self._seams: dict[int, Seam] = {}
+        self._left = ""
         #: Whether a piece has ended a sentence (then, with ``whole_max_chars``, pieces are sentences).
         self.sentence_done = False
         self._text = ""
@@ -213,10 +244,13 @@ class Segmenter:
         self._text = ""
         self._scan = None
         if any(c.isalnum() for c in rest):
+            self._hand_out(rest, "")
             pieces.append(rest)
-            self.num_pieces += 1
-            self.sentence_done = self.sentence_done or _ends_sentence(rest)
         return pieces
+
+    def seam(self, index: int) -> Seam:
+        """The context words around piece ``index`` (0 is the first), once: the entry is dropped."""
+        return self._seams.pop(index, Seam())
 
     def limits(self, index: int) -> tuple[int, int]:
         """(max units, clause-cut minimum) for the piece with this index (0 is the first)."""
@@ -245,10 +279,56 @@ class Segmenter:
             if cut < 0:
                 return pieces
             piece = self._text[:cut].strip()
+            right = self._right_words(self._text, cut, final=final) or ""
             self._text = self._text[cut:]
+            self._hand_out(piece, right)
             pieces.append(piece)
-            self.num_pieces += 1
-            self.sentence_done = self.sentence_done or _ends_sentence(piece)
+
+    def _hand_out(self, piece: str, right: str) -> None:
+        """Count ``piece`` as handed out, with its seam (``right``: the words after it)."""
+        if self.context_words and (self._left or right):
+            self._seams[self.num_pieces] = Seam(self._left, right)
+        self.num_pieces += 1
+        self.sentence_done = self.sentence_done or _ends_sentence(piece)
+        # Both sides of a seam get context or neither: none after a sentence end, a line break, or
+        # before unspaced text (``_right_words`` gives "" there).
+        tail: list[str] = []
+        for word in reversed(piece.split()[-self.context_words :] if right else []):
+            if any(_is_wide(c) for c in word):
+                break  # the words after unspaced text only
+            tail.insert(0, word)
+        self._left = " ".join(tail)
+
+    def _right_words(self, text: str, end: int, *, final: bool) -> str | None:
+        """The first ``context_words`` words after a cut at ``end``, within the sentence; None while
+        they have not all arrived whole (a word is whole once whitespace follows it)."""
+        if not self.context_words or _ends_sentence(text[:end].rstrip()):
+            return ""
+        if any(_is_wide(c) for c in text[:end].rstrip().rsplit(None, 1)[-1]):
+            return ""  # unspaced text before the cut: no words to count on either side
+        words: list[str] = []
+        i, n = end, len(text)
+        while len(words) < self.context_words:
+            j = i
+            while j < n and text[j].isspace():
+                j += 1
+            if "\n" in text[i:j] and j < n:
+                break  # a line break: the next line is not this sentence's
+            if j == n:
+                return " ".join(words) if final else None
+            k = j
+            while k < n and not text[k].isspace():
+                k += 1
+            if k == n and not final:
+                return None
+            word = text[j:k]
+            if any(_is_wide(c) for c in word):
+                break
+            words.append(word)
+            if _ends_sentence(word):
+                break
+            i = k
+        return " ".join(words)
 
     def _units(self, ch: str) -> int:
         return self.cjk_weight if _is_wide(ch) else 1
@@ -426,10 +506,13 @@ class Segmenter:
         return self._confirm(end, final=final)
 
     def _confirm(self, end: int, *, final: bool) -> int:
-        """``end`` once a letter or digit is known to follow it (so the next piece is speakable)."""
-        if self._next_word_char(self._text, end):
-            return end
-        return _TAKE_ALL if final else _WAIT
+        """``end`` once a letter or digit is known to follow it (so the next piece is speakable) and
+        the right context of its seam has arrived."""
+        if not self._next_word_char(self._text, end):
+            return _TAKE_ALL if final else _WAIT
+        if self._right_words(self._text, end, final=final) is None:
+            return _WAIT
+        return end
 
     @staticmethod
     def _next_word_char(text: str, pos: int) -> str:
