@@ -95,6 +95,14 @@ class LocalConnection:
         while (item := await self._to_client.get()) is not None:
             yield item
 
+    async def received(self) -> str | bytes | None:
+        """The next message for the client, waiting for it (None: the end, which stays visible to
+        the next reader)."""
+        item = await self._to_client.get()
+        if item is None:
+            self._to_client.put_nowait(None)
+        return item
+
     def received_nowait(self) -> str | bytes | None:
         """The next message already queued for the client, without waiting (None: none, or the end)."""
         try:
@@ -134,21 +142,15 @@ class LocalSession:
 
     async def recv(self) -> str | bytes:
         """The next message of the session; ``LocalSessionClosed`` at its end."""
-        item = await self.conn._to_client.get()
+        item = await self.conn.received()
         if item is None:
-            self.conn._to_client.put_nowait(None)
             raise LocalSessionClosed(self.conn.close_code)
         return item
 
     async def start(self) -> dict[str, Any]:
         """Wait for ``session.created``; ``LocalSessionError`` when refused (``busy``)."""
-        while True:
-            message = await self._recv_json()
-            if message.get("type") == "session.created":
-                self.created = message
-                return message
-            if message.get("type") == "error":
-                raise LocalSessionError(str(message.get("code")), str(message.get("message")))
+        self.created = await self._reply("session.created")
+        return self.created
 
     @property
     def voices(self) -> list[str]:
@@ -157,12 +159,7 @@ class LocalSession:
     async def update(self, **settings: Any) -> dict[str, Any]:
         """Send a ``session.update``; returns the effective settings (``LocalSessionError`` if refused)."""
         await self.send_json({"type": "session.update", **settings})
-        while True:
-            message = await self._recv_json()
-            if message.get("type") == "session.updated":
-                return dict(message.get("settings") or {})
-            if message.get("type") == "error":
-                raise LocalSessionError(str(message.get("code")), str(message.get("message")))
+        return dict((await self._reply("session.updated")).get("settings") or {})
 
     def speak(
         self,
@@ -177,6 +174,15 @@ class LocalSession:
         """Speak ``text`` as one context; iterate the result for its audio payloads."""
         options = {k: v for k, v in {"voice": voice, "speed": speed, "lang": lang}.items() if v is not None}
         return LocalSpeech(self, f"local-{next(self._ids)}", text, options, max_message_chars, max_chars_per_s)
+
+    async def _reply(self, kind: str) -> dict[str, Any]:
+        """The next message of type ``kind``, skipping others; an ``error`` raises ``LocalSessionError``."""
+        while True:
+            message = await self._recv_json()
+            if message.get("type") == kind:
+                return message
+            if message.get("type") == "error":
+                raise LocalSessionError(str(message.get("code")), str(message.get("message")))
 
     async def _recv_json(self) -> dict[str, Any]:
         while isinstance(raw := await self.recv(), bytes):
