@@ -146,11 +146,11 @@ class SegmenterConfig:
     #: After a piece that ends a sentence, pieces are whole sentences up to this many units; 0: off.
     whole_max_chars: int = 400
     #: At most this many cuts inside the first sentence (the piece after the last one runs to the
-    #: sentence end), and no cut leaving under min_tail_chars before the sentence end; 0: off (the
-    #: default: on the 2-core CPU neither lowered WER, and the longer last piece stalled playback
-    #: longer, benchmarks/README.md).
+    #: sentence end; 0: off, the default: on the 2-core CPU it did not lower WER, and the longer
+    #: last piece stalled playback longer, benchmarks/README.md), and no cut leaving under
+    #: min_tail_chars before the sentence end (8, about a short word: no "in." alone; 0: off).
     sentence_max_cuts: int = 0
-    min_tail_chars: int = 0
+    min_tail_chars: int = 8
     #: Skip the engine's silence at piece edges and join pieces with a pause by punctuation
     #: (``gateway.engines.edges``, ``gateway.audio_join``); the lengths are docs/pauses.md's.
     trim_edges: bool = True

@@ -232,7 +232,7 @@ class Hub:
             langs=self.langs,
             now=now,
             resume_token=self._new_resume_token() if self.config.session.resume_grace_s > 0 else "",
-            pace=lambda: self.scheduler.seconds_per_token,
+            pace=lambda: self.scheduler.cost,
         )
         entry = SessionEntry(session=session, auth_digest=auth_digest, preamble=collections.deque(failed))
         self.sessions[session.session_id] = entry
@@ -416,7 +416,10 @@ class Hub:
         failure fails only the contexts it concerns; results of pieces cancelled meanwhile are dropped."""
         touched: dict[int, SessionEntry] = {}
         try:
-            for piece, result in self.scheduler.complete(job.batch, results, now=now):
+            delivered = self.scheduler.complete(job.batch, results, now=now)
+            self.metrics.engine_cost_fixed.set(self.scheduler.cost.fixed_s)
+            self.metrics.engine_cost_per_token.set(self.scheduler.cost.per_token_s)
+            for piece, result in delivered:
                 entry, request, part, phoneme_piece = piece.payload
                 touched[id(entry)] = entry
                 if isinstance(result, EngineFailed):

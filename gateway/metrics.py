@@ -30,6 +30,13 @@ class Metrics:
         self.batch_seconds = Histogram(
             "voxgate_engine_batch_seconds", "Engine time per batch", buckets=_LATENCY_BUCKETS, registry=r
         )
+        # What the scheduler has learned of the engine (``gateway.engine_cost``): sizes pieces.
+        self.engine_cost_fixed = Gauge(
+            "voxgate_engine_cost_fixed_seconds", "Learned engine seconds per batch item", registry=r
+        )
+        self.engine_cost_per_token = Gauge(
+            "voxgate_engine_cost_per_token_seconds", "Learned engine seconds per padded phoneme token", registry=r
+        )
         self.queue_depth = Gauge("voxgate_queue_depth", "Pieces waiting for the engine", registry=r)
         self.active_sessions = Gauge("voxgate_active_sessions", "Open WebSocket sessions", registry=r)
         self.audio_seconds = Counter(

@@ -18,7 +18,8 @@ Modes (same inputs, for comparison in the load benchmark):
   round-robin over sessions (the session served longest ago first), then arrival. A piece's deadline
   is when its listener would run out of audio: a context's first piece is due on arrival (time to
   first audio), a later piece when the audio before it will have played; its latest start is that
-  deadline minus its expected synthesis time (tokens x the engine's measured seconds per token). So
+  deadline minus its expected synthesis time (``gateway.engine_cost``: a fixed cost per item plus
+  one per token, learned from the batches run). So
   new turns start fast, yet a long piece of a turn that is already playing starts early enough not
   to run dry (serving first pieces unconditionally starved playing turns under load). One piece per context per batch keeps a context's
   pieces in order; one per session per batch on the first pass keeps one talker from starving others.
@@ -37,6 +38,7 @@ from enum import IntEnum
 from typing import Any
 
 from gateway.config import SchedulerConfig
+from gateway.engine_cost import CostModel, EngineCost
 from gateway.errors import InvalidState
 
 __all__ = ["PieceStatus", "Piece", "Batch", "Scheduler", "FINISHED_REASONS"]
@@ -154,8 +156,14 @@ class Scheduler:
         self._lock_holder: Hashable | None = None
         self._context_first_arrival: dict[Hashable, int] = {}
         self._num_batches = 0
-        #: Engine seconds per padded token, learned from completed batches (for latest start times).
-        self.seconds_per_token = 0.0
+        # The engine's speed (per item and per padded token), learned from completed batches: for
+        # latest start times here and for piece lengths (``gateway.text.pacing``).
+        self._cost_model = CostModel()
+
+    @property
+    def cost(self) -> EngineCost:
+        """The engine's measured speed (``EngineCost()`` until a batch has finished)."""
+        return self._cost_model.estimate
 
     # --- input ---------------------------------------------------------------------------------
 
@@ -263,8 +271,7 @@ class Scheduler:
             raise InvalidState(f"{len(results)} results for {len(batch.pieces)} pieces")
         self._running = None
         if now is not None and batch.num_padded_tokens:
-            measured = max(0.0, now - batch.scheduled_at) / batch.num_padded_tokens
-            self.seconds_per_token = measured if not self.seconds_per_token else 0.8 * self.seconds_per_token + 0.2 * measured
+            self._cost_model.observe(len(batch.pieces), batch.num_padded_tokens, max(0.0, now - batch.scheduled_at))
         delivered: list[tuple[Piece, Any]] = []
         for piece, result in zip(batch.pieces, results):
             if piece.status is PieceStatus.CANCELLED:
@@ -336,7 +343,7 @@ class Scheduler:
         candidates.sort(
             key=lambda p: (
                 -p.priority,
-                _deadline(p) - p.num_tokens * self.seconds_per_token,
+                _deadline(p) - self.cost.seconds(p.num_tokens),
                 not p.is_first,
                 self._sessions[p.session_key].last_served,
                 p.piece_id,

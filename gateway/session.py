@@ -33,6 +33,7 @@ from gateway.audio_join import PauseLengths, with_pause
 from gateway.codecs import check_packet_format
 from gateway.config import SegmenterConfig, SessionConfig
 from gateway.context import Context, ContextState, PieceRequest, Settings, _OutFrame, _OutMessage
+from gateway.engine_cost import EngineCost
 from gateway.engines.base import SAMPLE_RATE, SynthesisResult
 from gateway.errors import CloseCode, InvalidState, LimitExceeded, ProtocolError, VoxgateError
 from gateway.guard import ReplayBuffer, Verdict, ViolationGuard
@@ -82,7 +83,7 @@ class Session:
         langs: Sequence[str],
         now: float,
         resume_token: str = "",
-        pace: Callable[[], float] | None = None,
+        pace: Callable[[], EngineCost] | None = None,
     ) -> None:
         if not voices:
             raise ValueError("a session needs at least one voice")
@@ -93,8 +94,8 @@ class Session:
         self.log_tag = session_id[:8]
         self.config = config
         self.segmenter_config = segmenter_config
-        #: The engine's measured seconds of compute per phoneme token (0 until known): sizes pieces.
-        self._pace = pace or (lambda: 0.0)
+        #: The engine's measured speed (unmeasured until known): sizes pieces.
+        self._pace = pace or EngineCost
         self._pauses = PauseLengths(0.0, segmenter_config.pause_clause_ms, segmenter_config.pause_sentence_ms)
         self.voices = list(voices)
         self.langs = list(langs)

@@ -319,7 +319,7 @@ def test_a_long_piece_starts_before_a_short_one_due_at_the_same_time() -> None:
     batch = s.schedule(0.0)
     assert batch is not None
     s.complete(batch, [object()], now=1.0)  # 100 tokens took 1 s: 10 ms per token
-    assert s.seconds_per_token == pytest.approx(0.01)
+    assert s.cost.per_token_s == pytest.approx(0.01) and s.cost.fixed_s == 0.0  # one shape: all per token
     long_piece = make_pieces("a", "story", [10, 298])[1]  # 3 s of synthesis, due at t=4
     long_piece.is_first, long_piece.deadline = False, 4.0
     short_first = make_pieces("b", "new", [28], arrival=2.0)[0]  # 0.3 s of synthesis, due at t=2

@@ -277,6 +277,13 @@ def test_pieces_respect_their_length_limit_unless_one_word_alone_is_longer(
         core = piece[: max(i for i, c in enumerate(piece) if c.isalnum()) + 1]
         if text_units(core, cjk_weight=seg.cjk_weight) <= limit:
             continue
+        # A little past it, to reach a phrase boundary or to avoid a BAD cut: at most the overshoot,
+        # and one word more where no boundary within it was allowed.
+        overshoot = limit + max(seg.first_min_chars, limit // 4)
+        if text_units(core, cjk_weight=seg.cjk_weight) <= overshoot:
+            continue
+        if any(c.isspace() for c in core) and text_units(core.rsplit(None, 1)[0], cjk_weight=seg.cjk_weight) <= overshoot:
+            continue
         # Over the limit: there was no word boundary to cut at within it.
         for p in range(1, len(core)):
             if text_units(core[:p], cjk_weight=seg.cjk_weight) > limit:
@@ -320,6 +327,19 @@ def test_an_over_long_piece_is_cut_before_a_phrase_never_after_a_determiner_or_p
     assert boundary_score(text, text.index(" to the")) == PHRASE
 
 
+def test_an_object_pronoun_stays_with_its_verb_and_a_question_word_opens_a_phrase() -> None:
+    from gateway.text.phrases import BAD, PHRASE, boundary_score
+
+    text = "Could you tell me how long it takes to walk from the station to the museum?"
+    assert boundary_score(text, text.index(" me how")) == BAD
+    assert boundary_score(text, text.index(" how")) == PHRASE
+    assert boundary_score("Give it to them, please.", len("Give it to")) == BAD  # "them," too
+    for limit in range(len("Could you tell me"), 30):  # below that every boundary is BAD: the longest wins
+        first = segment(text, first_max_chars=limit)[0]
+        assert first.split()[-1] not in {"tell", "you", "Could"}, (limit, first)
+    assert segment(text, first_max_chars=20)[0] == "Could you tell me"
+
+
 def test_unspaced_japanese_prefers_a_cut_after_a_particle() -> None:
     text = "今日は天気がとても良いので公園まで歩いて行きましょう。明日も来ます。"
     first = segment(text, first_max_chars=20)[0]
@@ -331,7 +351,7 @@ def test_sentences_after_the_first_are_spoken_whole() -> None:
     text = "The quick brown fox jumped over the lazy dog near the old stone bridge. " + long_sentence * 2
     slow = {"first_max_chars": 20, "min_chars": 20, "max_chars": 40, "growth": 1.0}
     pieces = segment(text, **slow, whole_max_chars=400)
-    assert pieces[0] == "The quick brown fox"
+    assert pieces[0] == "The quick brown fox jumped"  # past the limit of 20, to the phrase boundary
     assert pieces[-2:] == [long_sentence.strip()] * 2
     # Without the whole-sentence rule the growth limits cut them.
     assert long_sentence.strip() not in segment(text, **slow)
@@ -346,20 +366,87 @@ def test_whole_sentence_pieces_do_not_depend_on_fragmentation(text: str, cuts: l
 
 def test_the_first_piece_is_sized_by_the_latency_target_and_the_engines_speed() -> None:
     from gateway.config import SegmenterConfig
+    from gateway.engine_cost import EngineCost
     from gateway.text.pacing import make_segmenter, paced_limits
 
     config = SegmenterConfig(first_audio_target_ms=600)
-    slow_cpu, _ = paced_limits(config, seconds_per_token=0.03)
-    fast_gpu, gpu_growth = paced_limits(config, seconds_per_token=0.002)
-    assert slow_cpu == 20 and fast_gpu == config.max_chars and gpu_growth > 10
-    assert paced_limits(config, seconds_per_token=0.0) == (config.first_max_chars, config.growth)  # not measured yet
-    assert paced_limits(SegmenterConfig(first_audio_target_ms=0), 0.035) == (config.first_max_chars, config.growth)
-    # Later pieces grow by what the engine can make while the audio ahead plays (1 / RTF, with margin).
-    _, cpu_growth = paced_limits(config, seconds_per_token=0.0375)  # RTF 0.5
-    assert cpu_growth == pytest.approx(1.6)
+    cpu = EngineCost(fixed_s=0.15, per_token_s=0.0225)  # measured shape: 2-core CPU, 2 threads
+    slow_cpu, pace = paced_limits(config, cpu)
+    assert slow_cpu == 18 and pace is not None  # (0.6 - 0.15) / 0.0225 - 2 boundary tokens
+    assert pace.compute_s(slow_cpu) <= 0.6 < pace.compute_s(slow_cpu + 1)
+    fast_gpu, _ = paced_limits(config, EngineCost(0.01, 0.0005))
+    assert fast_gpu == config.max_chars
+    assert paced_limits(config, EngineCost()) == (config.first_max_chars, None)  # not measured yet
+    assert paced_limits(SegmenterConfig(first_audio_target_ms=0), cpu) == (config.first_max_chars, None)
+    # A fixed cost above the target still leaves a first piece of a few words.
+    assert paced_limits(config, EngineCost(0.7, 0.02))[0] == 2 * config.first_min_chars
     text = "The quick brown fox jumped over the lazy dog near the old stone bridge."
-    assert make_segmenter(config, 0.03).feed(text + " And")[0] == "The quick brown fox"
-    assert make_segmenter(config, 0.002).feed(text + " And") == [text]
+    # 18 units: "The quick brown | fox" is an ordinary boundary, "jumped | over" a phrase one within
+    # the overshoot (a quarter more, at least first_min_chars).
+    assert make_segmenter(config, cpu).feed(text + " And")[0] == "The quick brown fox jumped"
+    assert make_segmenter(config, EngineCost(0.01, 0.0005)).feed(text + " And") == [text]
+
+
+_STORY = (
+    "the engine makes the speech of every piece while the audio of the pieces before it plays "
+    "and a piece that comes too late leaves the listener waiting in the middle of a sentence "
+    "so each piece after the first is as long as the time the audio ahead of it gives and no longer "
+    "than that because a longer piece would stall the player and a shorter one would cost a seam"
+)
+
+
+@pytest.mark.parametrize("fixed_s, per_token_s", [(0.05, 0.01), (0.1, 0.015), (0.02, 0.005)])
+def test_later_pieces_are_ready_before_the_audio_ahead_of_them_has_played(fixed_s: float, per_token_s: float) -> None:
+    from gateway.config import SegmenterConfig
+    from gateway.engine_cost import EngineCost
+    from gateway.text.pacing import make_segmenter
+    from gateway.text.segmenter import text_units
+
+    config = SegmenterConfig(first_audio_target_ms=600, whole_max_chars=0, context_words=0)
+    seg = make_segmenter(config, EngineCost(fixed_s, per_token_s))
+    pace = seg.pace
+    assert pace is not None
+    pieces = seg.feed(_STORY) + seg.flush()
+    assert len(pieces) >= 3
+    units = [text_units(p) for p in pieces]
+    low = 2 * config.first_min_chars
+    for k in range(1, len(pieces)):
+        # Pieces 1..k run one after another while pieces 0..k-1 play (margin for other sessions).
+        compute = sum(pace.compute_s(u) for u in units[1 : k + 1])
+        audio = sum(u * pace.audio_per_unit_s for u in units[:k])
+        assert compute <= pace.margin * audio or units[k] <= low, (k, units)
+
+
+def test_the_faster_the_engine_against_the_speech_the_fewer_and_longer_the_pieces() -> None:
+    from gateway.config import SegmenterConfig
+    from gateway.engine_cost import EngineCost
+    from gateway.text.pacing import make_segmenter
+
+    config = SegmenterConfig(first_audio_target_ms=600, whole_max_chars=0, context_words=0)
+    counts = []
+    for cost in (EngineCost(0.02, 0.002), EngineCost(0.05, 0.01), EngineCost(0.15, 0.0225)):
+        seg = make_segmenter(config, cost)
+        counts.append(len(seg.feed(_STORY) + seg.flush()))
+    assert counts[0] < counts[1] < counts[2], counts
+
+
+def test_an_engine_that_cannot_keep_up_still_grows_its_pieces() -> None:
+    from gateway.config import SegmenterConfig
+    from gateway.engine_cost import EngineCost
+    from gateway.text.pacing import make_segmenter
+
+    # The 2-core CPU's measured shape: ~0.45 s a piece with its seam context, ~19 ms a token. No
+    # length after a short first piece is ready in time; held to what fits, every piece would be a
+    # few words (a seam each). The limits grow by min_growth instead.
+    config = SegmenterConfig(first_audio_target_ms=600, whole_max_chars=0, context_words=0)
+    seg = make_segmenter(config, EngineCost(0.45, 0.019))
+    assert seg.pace is not None
+    limits = [seg.limits(0)[0]]
+    for word in _STORY.split(" "):
+        if seg.feed(word + " "):
+            limits.append(seg.limits(seg.num_pieces)[0])
+    assert len(limits) >= 4 and limits[0] == 2 * config.first_min_chars
+    assert all(b >= int(a * seg.pace.min_growth) for a, b in itertools.pairwise(limits)), limits
 
 
 # -- cuts inside the first sentence: how many, and never a stray last word ----------------------
@@ -379,9 +466,10 @@ def test_after_its_last_allowed_cut_the_first_sentence_is_one_piece() -> None:
 
 def test_a_cut_never_leaves_a_stray_word_before_the_sentence_end() -> None:
     text = "My sister bought a small red car from the dealer down the street last week. Then we sat."
-    assert segment(text, **_SLOW)[2:] == ["from the dealer down the street last", "week. Then we sat."]
-    pieces = segment(text, **_SLOW, min_tail_chars=16)
-    assert pieces[2:] == ["from the dealer down", "the street last week.", "Then we sat."]
+    # The sentence end lies within the overshoot of the third piece's limit: it wins over any word
+    # boundary, so even without the tail rule no stray "week." is left.
+    assert segment(text, **_SLOW)[2:] == ["from the dealer down the street last week.", "Then we sat."]
+    assert segment(text, **_SLOW, min_tail_chars=16)[2:] == ["from the dealer down the street last week.", "Then we sat."]
 
 
 def test_the_tail_rule_waits_for_the_text_that_decides_it() -> None:
@@ -390,14 +478,14 @@ def test_the_tail_rule_waits_for_the_text_that_decides_it() -> None:
     # "from the dealer down the street" is over its limit; where to cut depends on where the sentence ends.
     assert seg.feed(" last") == []
     assert seg.feed(" week.") == []
-    assert seg.feed(" Then") == ["from the dealer down", "the street last week."]
+    assert seg.feed(" Then") == ["from the dealer down the street last week."]
 
 
 def test_the_first_piece_does_not_wait_for_the_tail_rule() -> None:
     seg = Segmenter(**_SLOW, min_tail_chars=16)  # type: ignore[arg-type]
-    assert seg.feed("The quick brown fox ") == ["The quick brown"]
-    rest = seg.feed("jumped over the lazy dog near the old stone bridge.") + seg.flush()
-    assert rest == ["fox jumped over the lazy", "dog near the old stone bridge."]
+    assert seg.feed("The quick brown fox jumped ") == ["The quick brown"]  # past the overshoot, not the sentence end
+    rest = seg.feed("over the lazy dog near the old stone bridge.") + seg.flush()
+    assert rest == ["fox jumped over the lazy dog", "near the old stone bridge."]
 
 
 @settings(max_examples=200, deadline=None)
@@ -424,9 +512,8 @@ def test_each_piece_gets_the_words_around_it_within_its_sentence() -> None:
     text = "When the rain stopped, we walked down to the harbour. It was late."
     got = seams(text, first_max_chars=16, min_chars=16, growth=1.0, max_chars=30, context_words=2)
     assert got == [
-        ("When the rain", Seam("", "stopped, we")),
-        ("stopped,", Seam("the rain", "we walked")),  # a comma is no sentence end: context goes on
-        ("we walked down", Seam("stopped,", "to the")),
+        ("When the rain stopped,", Seam("", "we walked")),  # the comma, just past the limit of 16
+        ("we walked down", Seam("rain stopped,", "to the")),  # a comma is no sentence end: context goes on
         ("to the harbour.", Seam("walked down", "")),
         ("It was late.", Seam("", "")),  # no context across a sentence end
     ]
@@ -443,7 +530,8 @@ def test_a_cut_inside_a_sentence_waits_for_the_words_of_its_right_context() -> N
     seg = Segmenter(first_max_chars=16, context_words=2)
     assert seg.feed("When the rain stopped") == []
     assert seg.feed(" we") == []  # "we" may still grow ("weather")
-    assert seg.feed(" ") == ["When the rain"]
+    assert seg.feed(" ") == []  # past the limit of 16: a phrase boundary within the overshoot?
+    assert seg.feed("walked down to ") == ["When the rain"]  # no: back to the best cut within it
     assert seg.seam(0) == Seam("", "stopped we")
     assert seg.seam(0) == Seam()  # taken once
 

@@ -3,7 +3,9 @@
 When a piece must end before its sentence does (the latency budget is spent), the cut should fall
 where a speaker could take a breath: before a preposition, a conjunction or a relative pronoun
 ("the fox jumped | over the lazy dog"), never between a determiner or preposition and its noun
-("the | narrow stairs", "over | the"), nor after an auxiliary or a subject pronoun ("will | go").
+("the | narrow stairs", "over | the"), nor after an auxiliary or a subject pronoun ("will | go"),
+nor before an object pronoun, which is spoken as one word with the verb before it ("tell | me":
+cut alone, "Could you tell" came back from the engine as "Kojutsa").
 
 Why rules and not spaCy: the segmenter runs on the event loop for every fragment, and misaki's spaCy
 parse (~4 ms a sentence) runs later, on the G2P thread, on the piece the segmenter already chose.
@@ -43,13 +45,16 @@ _NO_CUT_AFTER = frozenset(
     """.split()
 )
 
+# Words a cut must not precede: unstressed object pronouns lean on the verb before them.
+_NO_CUT_BEFORE = frozenset("me him us them myself himself herself ourselves themselves".split())
+
 # Words that open a phrase: a cut right before one is where a speaker breathes.
 _PHRASE_STARTERS = frozenset(
     """
     of in on at by for with from to into onto over under about above below after before between
     through during without within across against along among around behind beyond near upon
     toward towards via and or but nor because whether although though while when where unless
-    until since which who whom whose that than so if
+    until since which who whom whose that than so if how why what
     """.split()
 )
 
@@ -100,6 +105,9 @@ def boundary_score(text: str, pos: int, *, final: bool = False) -> int | None:
         if not final:
             return None
         after = text[pos:].strip()
-    if after.strip(_STRIP).lower() in _PHRASE_STARTERS:
+    after = after.strip(_STRIP).rstrip(".,;:!?…").lower()
+    if after in _NO_CUT_BEFORE:
+        return BAD
+    if after in _PHRASE_STARTERS:
         return PHRASE
     return WORD

@@ -22,7 +22,9 @@ Invariants (tested with hypothesis):
   is dropped because there is nothing to say;
 - every piece holds at least one letter or digit (no whitespace- or punctuation-only pieces);
 - no cut falls inside a run of non-space characters, except between wide (CJK) characters;
-- a piece is at most its limit (``max_chars`` at most) unless one word alone is longer;
+- a piece is at most its limit (``max_chars`` at most) unless one word alone is longer, or every
+  word boundary within the limit is BAD (``gateway.text.phrases``): then it runs to the first
+  boundary past the limit that is not, by at most a quarter of the limit (or ``first_min_chars``);
 - the pieces do not depend on how the text was fragmented: every decision looks at a bounded,
   already-received stretch of text and waits (returns nothing yet) until it has it. The price is
   one fragment of latency at each cut: a cut is taken only once the next word has started to
@@ -47,8 +49,12 @@ from __future__ import annotations
 import unicodedata
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
-from gateway.text.phrases import BAD, boundary_score
+from gateway.text.phrases import BAD, PHRASE, boundary_score
+
+if TYPE_CHECKING:
+    from gateway.text.pacing import Pace
 
 __all__ = ["Seam", "Segmenter", "text_units"]
 
@@ -136,6 +142,11 @@ class Segmenter:
       ``max_chars``), and clause cuts need half of that (capped at ``min_chars``): 50, 100, 200,
       250... so each piece can be synthesized while the ones before it play, even at real-time
       factor 0.5. Use a large value to jump straight to ``max_chars`` (fast engines).
+    - ``pace`` (None): the engine's measured speed (``gateway.text.pacing.Pace``). With it, piece k
+      (k >= 1) is as long as can be synthesized before the audio of the pieces already cut has
+      played, and at least ``pace.min_growth`` x the limit before it (and 2 x ``first_min_chars``,
+      at most ``max_chars``), instead of ``growth``:
+      the limit follows the lengths of the pieces actually cut, which depend only on the text.
     - ``cjk_weight`` (3): units per wide character.
     - ``whole_max_chars`` (None): once a piece has ended a sentence, the following pieces are whole
       sentences up to this many units (no clause or growth cuts): the first sentence is cut for a
@@ -176,6 +187,7 @@ class Segmenter:
         sentence_max_cuts: int = 0,
         min_tail_chars: int = 0,
         context_words: int = 0,
+        pace: Pace | None = None,
     ) -> None:
         if not 0 < first_min_chars <= first_max_chars <= max_chars:
             raise ValueError("need 0 < first_min_chars <= first_max_chars <= max_chars")
@@ -201,6 +213,11 @@ class Segmenter:
         if context_words < 0:
             raise ValueError("context_words must be >= 0")
         self.context_words = context_words
+        self.pace = pace
+        # With a pace: audio of the pieces cut so far, and the compute of those after the first.
+        self._audio_ahead_s = 0.0
+        self._compute_after_first_s = 0.0
+        self._last_limit = 0  # the limit the last piece was cut under
         # Seams of the pieces handed out and not yet taken, by piece index; the words the last
         # piece ended with (the next one's left context; "" after a sentence end or a line break).
         self._seams: dict[int, Seam] = {}
@@ -211,8 +228,8 @@ class Segmenter:
         #: Pieces handed out so far (the first one is short, later ones grow).
         self.num_pieces = 0
         # Where the scan for the current piece stopped: (start, i, units, has_word,
-        # last_boundary, over); None when it must start over (after a cut).
-        self._scan: tuple[int, int, int, bool, int, bool] | None = None
+        # last_boundary, over, fallback); None when it must start over (after a cut).
+        self._scan: tuple[int, int, int, bool, int, bool, int] | None = None
 
     # -- public API ---------------------------------------------------------------------------
 
@@ -253,7 +270,8 @@ class Segmenter:
         return self._seams.pop(index, Seam())
 
     def limits(self, index: int) -> tuple[int, int]:
-        """(max units, clause-cut minimum) for the piece with this index (0 is the first)."""
+        """(max units, clause-cut minimum) for the piece with this index (0 is the first). With a
+        ``pace`` the limits after the first piece follow the pieces cut so far: ask for the next one."""
         lim = self._limits(index)
         return lim.max_units, lim.clause_min
 
@@ -266,6 +284,11 @@ class Segmenter:
             return _Limits(self.whole_max_chars, self.whole_max_chars + 1, self.first_min_chars)
         if index == 0:
             return _Limits(self.first_max_chars, self.first_min_chars, self.first_min_chars)
+        if self.pace is not None:
+            low = min(self.max_chars, 2 * self.first_min_chars)
+            fits = self.pace.next_limit(self._audio_ahead_s, self._compute_after_first_s, self._last_limit)
+            max_units = max(low, min(self.max_chars, fits))
+            return _Limits(max_units, max(self.first_min_chars, min(self.min_chars, max_units // 2)), self.first_min_chars)
         # Beyond ~40 doublings every limit is at max_chars anyway; avoid float overflow.
         grown = self.first_max_chars * self.growth ** min(index, 64)
         max_units = int(min(self.max_chars, grown))
@@ -288,6 +311,12 @@ class Segmenter:
         """Count ``piece`` as handed out, with its seam (``right``: the words after it)."""
         if self.context_words and (self._left or right):
             self._seams[self.num_pieces] = Seam(self._left, right)
+        if self.pace is not None:
+            units = text_units(piece, cjk_weight=self.cjk_weight)
+            self._last_limit = self._limits(self.num_pieces).max_units
+            self._audio_ahead_s += units * self.pace.audio_per_unit_s
+            if self.num_pieces:
+                self._compute_after_first_s += self.pace.compute_s(units)
         self.num_pieces += 1
         self.sentence_done = self.sentence_done or _ends_sentence(piece)
         # Both sides of a seam get context or neither: none after a sentence end, a line break, or
@@ -345,7 +374,7 @@ class Segmenter:
         n = len(text)
         lim = self._limits(self.num_pieces)
         if self._scan is not None:
-            start, i, units, has_word, last_boundary, over = self._scan
+            start, i, units, has_word, last_boundary, over, fallback = self._scan
         else:
             start = 0
             while start < n and text[start].isspace():
@@ -354,17 +383,17 @@ class Segmenter:
             has_word = False  # text[start:i] holds a letter or digit
             last_boundary = -1  # last word boundary at which the piece was within max_units
             over = False
+            fallback = -1  # past the limit: the best cut within it, if only an ordinary one
             i = start
         self._scan = None
         while i < n:
             # The decision at i depends only on this state and the text: resumable from here.
-            state = (start, i, units, has_word, last_boundary, over)
+            state = (start, i, units, has_word, last_boundary, over, fallback)
             ch = text[i]
             decision = _REJECT
             if i > start and has_word and self._is_word_boundary(text, i):
                 if over:
-                    # One word longer than the limit: cut right after it.
-                    decision = self._confirm(i, final=final)
+                    decision = self._past_limit(text, i, units, fallback, lim, final=final)
                 else:
                     last_boundary = i
             if decision == _REJECT:
@@ -373,20 +402,27 @@ class Segmenter:
                 if units > lim.max_units and not over:
                     over = True
                     if last_boundary > 0:
-                        decision = self._best_cut(text, start, last_boundary, lim, final=final)
-                if decision == _REJECT and not over:
+                        decision, fallback = self._best_cut(text, start, last_boundary, lim, final=final)
+                if decision == _REJECT:
+                    # Past the limit, a sentence end, clause mark or line break within the overshoot
+                    # still ends the piece (it is a better cut than any word boundary).
+                    marks_lim = _Limits(self._overshoot(lim), lim.clause_min, lim.floor) if over else lim
                     decision = self._punctuation_cut(
-                        text, start, i, units - self._units(ch), lim, final
+                        text, start, i, units - self._units(ch), marks_lim, final
                     )
+                    if decision == _TAKE_ALL and over and fallback >= 0 and units > marks_lim.max_units:
+                        decision = self._confirm(fallback, final=final)  # the rest is too long
             if decision != _REJECT:
                 if decision == _WAIT:
                     self._scan = state
                 return decision
             i += 1
         if final:
+            if over and fallback >= 0 and units > self._overshoot(lim):
+                return self._confirm(fallback, final=final)
             return _TAKE_ALL
         if start < n:  # all-whitespace text so far: the piece has not started yet
-            self._scan = (start, i, units, has_word, last_boundary, over)
+            self._scan = (start, i, units, has_word, last_boundary, over, fallback)
         return _WAIT
 
     def _punctuation_cut(
@@ -442,14 +478,17 @@ class Segmenter:
             )
         return _REJECT
 
-    def _best_cut(self, text: str, start: int, last: int, lim: _Limits, *, final: bool) -> int:
-        """The best word boundary in ``text[start:last]`` (``last`` included) to end an over-long piece.
+    def _best_cut(self, text: str, start: int, last: int, lim: _Limits, *, final: bool) -> tuple[int, int]:
+        """The best word boundary in ``text[start:last]`` (``last`` included) to end an over-long
+        piece: (decision, fallback).
 
         Candidates are scored by ``gateway.text.phrases``; boundaries in the second half of the limit
         (and past the floor) compete first, and among equal scores the longest piece wins. Waits
-        when a score needs a word not yet received whole.
+        when a score needs a word not yet received whole. When the best is only an ordinary word
+        boundary (or every one is BAD), the decision is ``_REJECT`` and the scan goes on past the
+        limit (``_past_limit``), with the best as the fallback (-1: none).
         """
-        candidates: list[tuple[int, int, int]] = []  # (score, units, position)
+        candidates: list[tuple[int, int, int, bool]] = []  # (score, units, position, short tail)
         units = 0
         has_word = False
         for pos in range(start, last + 1):
@@ -459,16 +498,49 @@ class Segmenter:
                 # would add their arrival to it (its tail is the rest of the sentence, seldom short).
                 short_tail = self._short_tail(text, pos, final=final) if self.num_pieces else False
                 if score is None or short_tail is None:
-                    return _WAIT
+                    return _WAIT, -1
                 candidates.append((score, units, pos, short_tail))
             if pos < len(text):
                 units += self._units(text[pos])
                 has_word = has_word or text[pos].isalnum()
+        if all(c[0] == BAD for c in candidates):
+            return _REJECT, -1  # none is a place to breathe: go on to the first one past the limit
         half = max(lim.floor, lim.max_units // 2)
         candidates = [c for c in candidates if not c[3]] or candidates
         preferred = [c for c in candidates if c[1] >= half and c[0] > BAD] or candidates
-        _, _, best, _ = max(preferred)
-        return self._confirm(best, final=final)
+        score, _, best, _ = max(preferred)
+        if score < PHRASE:
+            return _REJECT, best
+        return self._confirm(best, final=final), -1
+
+    def _past_limit(self, text: str, i: int, units: int, fallback: int, lim: _Limits, *, final: bool) -> int:
+        """Decision at a word boundary ``i`` past the limit.
+
+        Within the overshoot a phrase or clause boundary wins over the ordinary one within the limit
+        (``fallback``: "When the rain | stopped," becomes "When the rain stopped,"); without a
+        fallback (every boundary within was BAD, "Could you tell | me", or one word is longer than
+        the limit) so does any boundary that is not BAD. Past the overshoot: the fallback, else here.
+        Punctuation past the limit is decided by ``_punctuation_cut``, as within it.
+        """
+        if units > self._overshoot(lim):
+            return self._confirm(fallback if fallback >= 0 else i, final=final)
+        score = boundary_score(text, i, final=final)
+        short_tail = self._short_tail(text, i, final=final) if self.num_pieces else False
+        if score is None or short_tail is None:
+            return _WAIT
+        if short_tail:
+            return _REJECT
+        # In unspaced CJK text a "phrase boundary" is only a guess from a particle (と of とても):
+        # there only punctuation (``_punctuation_cut``) is worth going past the limit for.
+        spaced = text[i].isspace()
+        if (score >= PHRASE and spaced) or (score > BAD and fallback < 0):
+            return self._confirm(i, final=final)
+        return _REJECT
+
+    @staticmethod
+    def _overshoot(lim: _Limits) -> int:
+        """How far past its limit a piece may run to avoid a BAD cut."""
+        return lim.max_units + max(lim.floor, lim.max_units // 4)
 
     def _short_tail(self, text: str, pos: int, *, final: bool) -> bool | None:
         """Whether the sentence ends less than ``min_tail_chars`` units after ``pos`` (None: the text
