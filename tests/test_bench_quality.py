@@ -43,3 +43,12 @@ def test_a_player_stalls_when_a_chunk_arrives_after_the_audio_ahead_has_played()
     # In time (t=0.9 < 1.0): no stall; stalls add up and the longest is kept.
     assert playback_stalls_ms([(0.0, RATE), (0.9, RATE), (2.2, RATE // 2), (3.0, RATE)]) == pytest.approx((300.0, 500.0))
     assert playback_stalls_ms([]) == (0.0, 0.0)
+
+
+def test_first_voiced_audio_counts_the_silence_a_player_plays_before_the_speech() -> None:
+    from gateway.bench.quality import first_voiced_ms
+
+    silence = np.zeros(int(0.3 * RATE), dtype=np.float32)
+    assert first_voiced_ms(np.concatenate([silence, tone(1.0)])) == 300.0
+    assert first_voiced_ms(tone(1.0)) == 0.0
+    assert first_voiced_ms(silence) == 0.0  # nothing voiced: nothing to wait for

@@ -19,6 +19,8 @@ LLM" do). Per sentence and overall it reports:
 - playback stall: the longest wait of a player that starts with the first audio and plays in real
   time, for a piece not ready when the audio ahead ran out (the silence above measures the audio,
   this measures when it came);
+- first voiced audio: TTFA plus the silence at the start of the audio (the first 20 ms frame at or
+  above -45 dBFS): when a player that starts with the first frame makes the first word heard;
 - TTFA: first ``text`` sent -> first audio frame received, with the engine time of the first piece
   (the server's ``voxgate_engine_batch_seconds`` histogram, read the moment the first frame
   arrives) and the text arrival time (when the fragment that let the server cut the first piece was
@@ -52,7 +54,7 @@ from gateway.bench.machine import machine_info
 from gateway.pcm import from_pcm16, to_pcm16
 from gateway.protocol import SAMPLE_RATE, STREAM_PATH
 
-__all__ = ["SENTENCES", "silence_runs", "longest_inner_silence_ms", "playback_stalls_ms", "word_error_rate", "main"]
+__all__ = ["SENTENCES", "silence_runs", "first_voiced_ms", "longest_inner_silence_ms", "playback_stalls_ms", "word_error_rate", "main"]
 
 RATE = SAMPLE_RATE
 FRAME_MS = 20
@@ -72,6 +74,24 @@ SENTENCES: list[tuple[str, str, str]] = [
     ("ja", "plain", "今日は天気がとても良いので公園まで歩いて行きましょう。"),
     ("ja", "punct", "駅に着いたら、すぐに電話してください。"),
     ("ja", "question", "明日の会議は何時から始まりますか？"),
+    # More of each kind (added with issue 12's second round): one Whisper-base misreading moved the
+    # mean WER of the first 12 by 0.02, as much as the differences being measured.
+    ("en", "plain", "The old man walked slowly along the beach looking for shells in the sand."),
+    ("en", "plain", "Our teacher asked us to read the first three chapters of the book before Monday."),
+    ("en", "plain", "She opened the window to let the fresh morning air into the small kitchen."),
+    ("en", "plain", "The train to the city was late again because of the heavy snow on the tracks."),
+    ("en", "plain", "He spent the whole afternoon fixing the broken fence behind the house."),
+    ("en", "plain", "My brother plays the guitar in a band that performs at the local cafe every Friday."),
+    ("en", "punct", "If you need any help, just ask one of the staff members at the front desk."),
+    ("en", "punct", "The meeting is over; please send me your notes by the end of the day."),
+    ("en", "punct", "After the storm passed, the streets were full of branches and fallen leaves."),
+    ("en", "question", "Do you know where I can find a good place to eat near the hotel?"),
+    ("en", "question", "Why did the bus stop in the middle of the road this morning?"),
+    ("en", "numbers", "The store opens at 9 and closes at 6, except on Sundays when it opens at 11."),
+    ("en", "numbers", "She ran 5 miles in 40 minutes and finished third out of 30 runners."),
+    ("ja", "punct", "このレストランの料理はとても美味しいので、また来たいです。"),
+    ("ja", "punct", "電車が遅れたので、会議に少し遅刻してしまいました。"),
+    ("ja", "plain", "週末は家族と一緒に山へ行く予定です。"),
 ]
 
 
@@ -102,6 +122,14 @@ def silence_runs(audio: np.ndarray, rate: int = RATE, *, frame_ms: int = FRAME_M
     if start is not None:
         runs.append((start * n, len(quiet) * n))
     return runs
+
+
+def first_voiced_ms(audio: np.ndarray, rate: int = RATE) -> float:
+    """Where the first 20 ms frame at or above -45 dBFS RMS starts (0 if none): the silence a player
+    plays before the speech. Audio that starts with silence is not yet heard: a server that sends
+    its lead-in silence first has a short time to first audio and a later first word."""
+    voiced = np.flatnonzero(_frame_db(audio, rate) >= SILENCE_DBFS)
+    return float(voiced[0]) * FRAME_MS if len(voiced) else 0.0
 
 
 def longest_inner_silence_ms(audio: np.ndarray, rate: int = RATE) -> float:
@@ -376,7 +404,8 @@ async def _run(args: argparse.Namespace, url: str, sentences: Sequence[tuple[str
         for mode in ("whole", "stream"):
             run = await speak(url, text, lang, stream=mode == "stream", words_per_second=args.words_per_second, voice=voices[lang], context_words=args.context_words)
             audio = run.pop("audio")
-            rows.append({"lang": lang, "kind": kind, "text": text, "mode": mode, "audio": audio, **run,
+            voiced_ms = None if run["ttfa_ms"] is None else run["ttfa_ms"] + first_voiced_ms(audio)
+            rows.append({"lang": lang, "kind": kind, "text": text, "mode": mode, "audio": audio, **run, "ttfa_voiced_ms": voiced_ms,
                          "audio_ms": len(audio) * 1000 / RATE, "longest_silence_ms": longest_inner_silence_ms(audio)})
             print(f"{mode:6s} {lang} {kind:8s} ttfa {run['ttfa_ms']:6.0f} ms  silence {rows[-1]['longest_silence_ms']:5.0f} ms  stall {run['stall_ms']:5.0f} ms  {text[:50]}", flush=True)
     return rows
@@ -390,6 +419,7 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
         summary[mode] = {
             "ttfa_p50_ms": _pct([r["ttfa_ms"] for r in mine], 50),
             "ttfa_p95_ms": _pct([r["ttfa_ms"] for r in mine], 95),
+            "ttfa_voiced_p50_ms": _pct([r["ttfa_voiced_ms"] for r in mine if r.get("ttfa_voiced_ms") is not None], 50),
             "first_compute_p50_ms": _pct([r["first_compute_ms"] for r in mine], 50),
             "arrival_p50_ms": _pct([r["arrival_ms"] for r in mine], 50),
             "ttfa_over_compute_plus_arrival_p50": _pct(
@@ -412,15 +442,15 @@ def _f(value: Any, spec: str = ".0f") -> str:
 def render_markdown(result: dict[str, Any]) -> str:
     lines = [f"# voxgate bench quality: {result['label']}", "", f"- when: {result['when']}", f"- server: {result['server']}",
              f"- machine: {result['machine']}", f"- command: `{result['command']}`", "", "## Summary", "",
-             "| mode | TTFA p50 | TTFA p95 | first-piece compute p50 | text arrival p50 | TTFA / (compute + arrival) p50 | longest silence, comma-free: max / p50 | playback stall: max / p50 | WER mean | whole-by-engine WER mean |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| mode | TTFA p50 | TTFA p95 | first voiced audio p50 | first-piece compute p50 | text arrival p50 | TTFA / (compute + arrival) p50 | longest silence, comma-free: max / p50 | playback stall: max / p50 | WER mean | whole-by-engine WER mean |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for mode, s in result["summary"].items():
-        lines.append(f"| {mode} | {_f(s['ttfa_p50_ms'])} ms | {_f(s['ttfa_p95_ms'])} ms | {_f(s['first_compute_p50_ms'])} ms | {_f(s['arrival_p50_ms'])} ms | "
+        lines.append(f"| {mode} | {_f(s['ttfa_p50_ms'])} ms | {_f(s['ttfa_p95_ms'])} ms | {_f(s.get('ttfa_voiced_p50_ms'))} ms | {_f(s['first_compute_p50_ms'])} ms | {_f(s['arrival_p50_ms'])} ms | "
                      f"{_f(s['ttfa_over_compute_plus_arrival_p50'], '.2f')} | {_f(s['plain_longest_silence_max_ms'])} / {_f(s['plain_longest_silence_p50_ms'])} ms | "
                      f"{_f(s.get('stall_max_ms'))} / {_f(s.get('stall_p50_ms'))} ms | {_f(s['wer_mean'], '.3f')} | {_f(s['baseline_wer_mean'], '.3f')} |")
-    lines += ["", "## Per sentence", "", "| mode | lang | kind | TTFA ms | compute ms | arrival ms | pieces | audio ms | longest silence ms | stall ms | WER | engine-whole WER | transcript |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines += ["", "## Per sentence", "", "| mode | lang | kind | TTFA ms | first voiced ms | compute ms | arrival ms | pieces | audio ms | longest silence ms | stall ms | WER | engine-whole WER | transcript |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
-        lines.append(f"| {r['mode']} | {r['lang']} | {r['kind']} | {_f(r['ttfa_ms'])} | {_f(r['first_compute_ms'])} | {_f(r['arrival_ms'])} | {r['pieces']} | "
+        lines.append(f"| {r['mode']} | {r['lang']} | {r['kind']} | {_f(r['ttfa_ms'])} | {_f(r.get('ttfa_voiced_ms'))} | {_f(r['first_compute_ms'])} | {_f(r['arrival_ms'])} | {r['pieces']} | "
                      f"{_f(r['audio_ms'])} | {_f(r['longest_silence_ms'])} | {_f(r.get('stall_ms'))} | {_f(r.get('wer'), '.2f')} | {_f(r.get('baseline_wer'), '.2f')} | {r.get('transcript', '')!s} |")
     return "\n".join(lines) + "\n"
 

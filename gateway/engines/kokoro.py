@@ -65,6 +65,24 @@ def _num_cores() -> int:
         return os.cpu_count() or 1
 
 
+def _bake_weight_norm(model: torch.nn.Module) -> torch.nn.Module:
+    """Compute each weight-normalised layer's weight once, at load, instead of before every call.
+
+    Kokoro wraps ~90 convolutions in ``torch.nn.utils.weight_norm``, whose hook recomputes
+    ``g * v / ||v||`` on every forward: 3 % of a short piece's time on the 2-core CPU (profiled).
+    Inference never changes ``g`` or ``v``, and the baked weight is the same computation, so the
+    output is bit for bit the same.
+    """
+    from torch.nn.utils import remove_weight_norm
+    from torch.nn.utils.weight_norm import WeightNorm
+
+    for module in model.modules():
+        for hook in list(module._forward_pre_hooks.values()):
+            if isinstance(hook, WeightNorm):
+                remove_weight_norm(module, hook.name)
+    return model
+
+
 class KokoroEngine(Engine):
     """Kokoro-82M behind ``Engine``: batches in, one exact result per item out, in input order.
 
@@ -121,7 +139,7 @@ class KokoroEngine(Engine):
         # independent of the batch size (what a launch-bound GPU needs), so auto is batched everywhere.
         self.per_item_prosody = prosody == "per_item"
         self._apply_threads()
-        self.model = model.to(self.device).eval()
+        self.model = _bake_weight_norm(model.to(self.device).eval())
         self.decoder_graphs = self._decoder_graphs(cuda_graphs)
         self.style_dim = int(self.model.predictor.text_encoder.sty_dim)
         self._vocab: dict[str, int] = dict(self.model.vocab)
