@@ -351,7 +351,7 @@ def test_sentences_after_the_first_are_spoken_whole() -> None:
     text = "The quick brown fox jumped over the lazy dog near the old stone bridge. " + long_sentence * 2
     slow = {"first_max_chars": 20, "min_chars": 20, "max_chars": 40, "growth": 1.0}
     pieces = segment(text, **slow, whole_max_chars=400)
-    assert pieces[0] == "The quick brown fox jumped"  # past the limit of 20, to the phrase boundary
+    assert pieces[0] == "The quick brown fox"
     assert pieces[-2:] == [long_sentence.strip()] * 2
     # Without the whole-sentence rule the growth limits cut them.
     assert long_sentence.strip() not in segment(text, **slow)
@@ -381,9 +381,9 @@ def test_the_first_piece_is_sized_by_the_latency_target_and_the_engines_speed() 
     # A fixed cost above the target still leaves a first piece of a few words.
     assert paced_limits(config, EngineCost(0.7, 0.02))[0] == 2 * config.first_min_chars
     text = "The quick brown fox jumped over the lazy dog near the old stone bridge."
-    # 18 units: "The quick brown | fox" is an ordinary boundary, "jumped | over" a phrase one within
-    # the overshoot (a quarter more, at least first_min_chars).
-    assert make_segmenter(config, cpu).feed(text + " And")[0] == "The quick brown fox jumped"
+    # 18 units; the first piece does not run past its limit to a better boundary (its limit is the
+    # latency target), later ones may.
+    assert make_segmenter(config, cpu).feed(text + " And")[0] == "The quick brown"
     assert make_segmenter(config, EngineCost(0.01, 0.0005)).feed(text + " And") == [text]
 
 
@@ -512,8 +512,9 @@ def test_each_piece_gets_the_words_around_it_within_its_sentence() -> None:
     text = "When the rain stopped, we walked down to the harbour. It was late."
     got = seams(text, first_max_chars=16, min_chars=16, growth=1.0, max_chars=30, context_words=2)
     assert got == [
-        ("When the rain stopped,", Seam("", "we walked")),  # the comma, just past the limit of 16
-        ("we walked down", Seam("rain stopped,", "to the")),  # a comma is no sentence end: context goes on
+        ("When the rain", Seam("", "stopped, we")),
+        ("stopped,", Seam("the rain", "we walked")),  # a comma is no sentence end: context goes on
+        ("we walked down", Seam("stopped,", "to the")),
         ("to the harbour.", Seam("walked down", "")),
         ("It was late.", Seam("", "")),  # no context across a sentence end
     ]
@@ -530,8 +531,7 @@ def test_a_cut_inside_a_sentence_waits_for_the_words_of_its_right_context() -> N
     seg = Segmenter(first_max_chars=16, context_words=2)
     assert seg.feed("When the rain stopped") == []
     assert seg.feed(" we") == []  # "we" may still grow ("weather")
-    assert seg.feed(" ") == []  # past the limit of 16: a phrase boundary within the overshoot?
-    assert seg.feed("walked down to ") == ["When the rain"]  # no: back to the best cut within it
+    assert seg.feed(" ") == ["When the rain"]
     assert seg.seam(0) == Seam("", "stopped we")
     assert seg.seam(0) == Seam()  # taken once
 
