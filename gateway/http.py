@@ -46,6 +46,7 @@ from gateway.http11 import (
     HttpResponse,
     RequestHead,
     parse_head,
+    pin_send_buffer,
     simple_response,
 )
 
@@ -275,6 +276,9 @@ class _FrontDoorConnection(ServerConnection):
         transport = self._front_transport
         if head.is_websocket_upgrade:
             self._at_door = False
+            # A session's outbox, its pause and the slow-consumer close must see a client that does
+            # not read: not megabytes of it absorbed by the kernel (``http11.SEND_BUFFER_BYTES``).
+            pin_send_buffer(transport)
             super().connection_made(transport)
             super().data_received(self._raw)
         else:

@@ -48,6 +48,7 @@ __all__ = [
     "ExchangeLimits",
     "HttpExchange",
     "parse_head",
+    "pin_send_buffer",
     "simple_response",
 ]
 
@@ -65,10 +66,23 @@ SINGLE_HEADERS = frozenset(
 _BARE_LF = re.compile(rb"(?<!\r)\n")
 #: Bytes a client may keep sending after its request is read before we stop reading it.
 _MAX_TRAILING_BYTES = 65_536
-#: The kernel send buffer of an HTTP connection. Left to autotuning it grows to tcp_wmem's maximum
-#: (4 MiB by default: 90 s of 24 kHz speech), so a client that stops reading would not block a
-#: write, and meet the write deadline, for minutes. Linux doubles it: 128 KiB, ~2.7 s of speech.
+#: The kernel send buffer of an HTTP or WebSocket connection. Left to autotuning it grows to
+#: tcp_wmem's maximum (4 MiB by default: 90 s of 24 kHz speech), so a client that stops reading
+#: would not block a write, and meet the write deadline (HTTP) or fill the session's outbox and
+#: pause it (WebSocket), for minutes. Linux doubles it: 128 KiB, ~2.7 s of 24 kHz 16-bit speech.
 SEND_BUFFER_BYTES = 65_536
+
+
+def pin_send_buffer(transport: asyncio.BaseTransport) -> None:
+    """Pin the connection's kernel send buffer to ``SEND_BUFFER_BYTES`` (best effort).
+
+    Left to autotuning, the kernel absorbs megabytes a client does not read, so our own bounded
+    buffers (HTTP write deadlines, a WebSocket session's outbox and its pause) never see it fill.
+    """
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,10 +239,7 @@ class HttpExchange(asyncio.Protocol):
         # A stream transport (uvloop's are not asyncio.Transport subclasses, so no isinstance).
         self._transport = transport  # type: ignore[assignment]
         transport.set_write_buffer_limits(high=65_536)  # type: ignore[attr-defined]
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
+        pin_send_buffer(transport)
 
     def data_received(self, data: bytes) -> None:
         if self._request_read:

@@ -218,7 +218,11 @@ async def test_a_client_that_never_reads_does_not_slow_the_others_and_stays_boun
     # context.done while the hog's own pieces still wait in the queue (they overtake it). How much
     # the hog costs the others' time to first audio is a figure of `voxgate bench attack`
     # (scenario never_reading_ws), not a test.
-    overrides = dict(SERVER, **{"session.output_high_water_ms": 2_000, "session.output_low_water_ms": 1_000})
+    # The hog must stay paused, not be closed as a slow consumer (30 s by default; the other
+    # sessions' turns took longer than that once on a clean CI clone): that close has its own test.
+    overrides = dict(
+        SERVER, **{"session.output_high_water_ms": 2_000, "session.output_low_water_ms": 1_000, "session.slow_consumer_timeout_s": 600}
+    )
     async with run_server(overrides) as gw:
         url = f"ws://127.0.0.1:{gw.port}/v1/stream"
         import socket
@@ -247,6 +251,24 @@ async def test_a_client_that_never_reads_does_not_slow_the_others_and_stays_boun
         finally:
             await hog.close()
     assert queued_ms < 2_000 + 15_000  # high-water mark plus at most the pieces in flight
+
+
+async def test_a_websocket_connection_gets_a_small_kernel_send_buffer() -> None:
+    """Left to autotuning the kernel would absorb megabytes a client does not read, and the session's
+    outbox would never fill and pause (it did: a paused non-reader came unpaused while the kernel
+    buffer grew, on a clean CI clone)."""
+    import socket
+
+    from gateway.http11 import SEND_BUFFER_BYTES
+
+    async with run_server(SERVER) as gw:
+        async with connect(f"ws://127.0.0.1:{gw.port}/v1/stream") as ws:
+            await ws.recv()  # session.created: the server holds the link
+            (link,) = gw._links.values()
+            sock = link.ws.transport.get_extra_info("socket")
+            # What was set (Linux reports it doubled); unset, it reads tcp_wmem's default (16 KiB
+            # here) and autotuning grows it (to 4 MiB).
+            assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) in (SEND_BUFFER_BYTES, 2 * SEND_BUFFER_BYTES)
 
 
 async def test_http_endpoints_answer_and_metrics_expose_the_named_series() -> None:

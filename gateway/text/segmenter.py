@@ -542,7 +542,7 @@ class Segmenter:
 
     @staticmethod
     def _overshoot(lim: _Limits) -> int:
-        """How far past its limit a piece may run to avoid a BAD cut."""
+        """How far past its limit a piece may run to a better cut (or away from a BAD one)."""
         return lim.max_units + max(lim.floor, lim.max_units // 4)
 
     def _short_tail(self, text: str, pos: int, *, final: bool) -> bool | None:
