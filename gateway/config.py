@@ -182,7 +182,9 @@ class EngineConfig:
     weights: str = "auto"
     cache_dir: str = ""
     device: str = "auto"
-    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    #: "auto": bfloat16 decoder convolutions on a CPU with native bfloat16, float32 elsewhere
+    #: (``gateway.engines.precision``).
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     #: 0: one per core.
     num_threads: int = 0
     max_batch_size: int = 8

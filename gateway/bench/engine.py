@@ -82,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-sizes", default="1,2,4,8", help="comma-separated batch sizes")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: one per core)")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    parser.add_argument("--dtype", default="float32", choices=["auto", "float32", "float16", "bfloat16"])
     parser.add_argument("--seconds", type=float, default=60.0, help="time budget for the whole sweep")
     parser.add_argument("--phonemes", type=int, default=100, help="phonemes per item (all items equal)")
     parser.add_argument("--cache-dir", default=None, help="where converted offline weights are cached")

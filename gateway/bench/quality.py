@@ -377,7 +377,7 @@ def _baseline_audio(sentences: Sequence[tuple[str, str, str]], weights: str, voi
     from gateway.engines import SynthesisItem, create_engine
     from gateway.text.g2p import G2P
 
-    engine = create_engine(EngineConfig(weights=weights, warmup=False))
+    engine = create_engine(EngineConfig(weights=weights, dtype="float32", warmup=False))
     out = {}
     g2ps: dict[str, Any] = {}
     for lang, _, text in sentences:

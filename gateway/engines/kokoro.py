@@ -26,13 +26,14 @@ import torch
 from gateway.engines.base import MAX_PHONEMES, Engine, EngineError, SynthesisItem, SynthesisResult
 from gateway.engines.batched import batched_forward
 from gateway.engines.edges import cut_context, edge_span, trim_edges
+from gateway.engines.precision import decoder_convs_to_bf16, resolve_dtype
 from gateway.engines.source_noise import HashNoise
 
 __all__ = ["KokoroEngine", "DType", "resolve_device", "device_name"]
 
 logger = logging.getLogger("voxgate.engine")
 
-DType = Literal["float32", "float16", "bfloat16"]
+DType = Literal["auto", "float32", "float16", "bfloat16"]
 _DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 # A short piece for warmup: a few common phonemes, every one in Kokoro's vocabulary.
 _WARMUP_PHONEMES = "həlˈoʊ wˈɜːld."
@@ -92,7 +93,10 @@ class KokoroEngine(Engine):
     bucketing by length (the scheduler does that: padding waste makes mixed lengths slow), text,
     worker threads. Call every method from the engine thread: ``num_threads`` is applied to that thread.
 
-    ``dtype`` other than float32 applies only on CUDA (autocast; unmeasured, so off by default).
+    ``dtype``: on CPU, ``"bfloat16"`` runs the decoder's large convolutions in bfloat16
+    (``gateway.engines.precision``; float16 has no fast CPU path and falls back to float32); on CUDA
+    float16/bfloat16 mean autocast (unmeasured). ``"auto"``: bfloat16 on a CPU with native
+    bfloat16, float32 elsewhere.
     ``prosody="batched"`` (and ``"auto"``, on every device) runs ALBERT to F0 for the whole batch
     in batch-invariant kernels (``gateway.engines.prosody``): the same floats as a solo run, in ops
     independent of the batch size; ``"per_item"`` runs that part one item at a time (the same
@@ -119,14 +123,14 @@ class KokoroEngine(Engine):
             raise ValueError("at least one voice pack is needed")
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
-        if dtype not in _DTYPES:
-            raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
+        if dtype != "auto" and dtype not in _DTYPES:
+            raise ValueError(f"dtype must be auto or one of {sorted(_DTYPES)}, got {dtype!r}")
         self.device = resolve_device(device)
-        if self.device.type == "cpu" and dtype != "float32":
-            # bf16 autocast measured 47x slower than fp32 on an AVX2 CPU; fp16 has no fast CPU path.
-            logger.warning("dtype %s ignored on CPU; using float32", dtype)
+        dtype = resolve_dtype(dtype, self.device)
+        if self.device.type == "cpu" and dtype == "float16":
+            logger.warning("dtype float16 has no fast CPU path; using float32")
             dtype = "float32"
-        self.dtype: DType = dtype
+        self.dtype: str = dtype  # resolved: float32, float16 or bfloat16
         self.num_threads = num_threads or _num_cores()
         self.max_batch_size = max_batch_size
         # None: decided at warmup (1 on CPU, where batching does not pay; the probe on GPU).
@@ -140,6 +144,9 @@ class KokoroEngine(Engine):
         self.per_item_prosody = prosody == "per_item"
         self._apply_threads()
         self.model = _bake_weight_norm(model.to(self.device).eval())
+        if self.device.type == "cpu" and self.dtype == "bfloat16":
+            converted = decoder_convs_to_bf16(self.model.decoder)
+            logger.info("decoder: %d convolutions in bfloat16", converted)
         self.decoder_graphs = self._decoder_graphs(cuda_graphs)
         self.style_dim = int(self.model.predictor.text_encoder.sty_dim)
         self._vocab: dict[str, int] = dict(self.model.vocab)
