@@ -160,6 +160,9 @@ class SegmenterConfig:
     #: spoken), so the piece gets mid-sentence prosody; a cut waits for the words after it
     #: (``gateway.text.segmenter``, Seams). 0: off.
     context_words: int = 3
+    #: The words after the first piece (at most context_words): in a stream the first cut waits for
+    #: them, and that wait is time to first audio (~50 ms a word at 20 words/s).
+    first_context_words: int = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -464,7 +467,7 @@ def _validate(config: Config) -> None:
             "segmenter.first_audio_target_ms, whole_max_chars and pause_*_ms must be >= 0",
         ),
         (min(config.segmenter.sentence_max_cuts, config.segmenter.min_tail_chars) >= 0, "segmenter.sentence_max_cuts and min_tail_chars must be >= 0"),
-        (config.segmenter.context_words >= 0, "segmenter.context_words must be >= 0"),
+        (min(config.segmenter.context_words, config.segmenter.first_context_words) >= 0, "segmenter.context_words and first_context_words must be >= 0"),
         (config.scheduler.max_batch_pieces >= 0, "scheduler.max_batch_pieces must be >= 0"),
         (config.scheduler.max_batch_tokens >= 512, "scheduler.max_batch_tokens must be >= 512 (one full piece)"),
         (config.scheduler.max_wait_ms >= 0, "scheduler.max_wait_ms must be >= 0"),

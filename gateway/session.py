@@ -494,7 +494,7 @@ class Session:
             settings=settings,
             priority=message.priority or 0,
             ttl_ms=message.ttl_ms,
-            segmenter=make_segmenter(seg, self._pace(), settings.speed),
+            segmenter=make_segmenter(seg, self._pace(), settings.speed, settings.lang),
             encoder=ContextEncoder(
                 audio_format=settings.format,
                 sample_rate=settings.sample_rate,

@@ -56,7 +56,7 @@ def available_languages() -> list[str]:
         langs += ["en", "en-gb"]
     if have("misaki", "fugashi", "jaconv", "mojimoji"):
         try:
-            _unidic_dicdir()
+            unidic_dicdir()
             langs.append("ja")
         except UnsupportedLanguage:
             pass
@@ -293,7 +293,7 @@ def _load_japanese() -> tuple[Callable[[str], list[_Token]], str]:
         raise UnsupportedLanguage(
             f"Japanese G2P needs misaki[ja] (fugashi, jaconv, mojimoji): {exc}"
         ) from exc
-    dicdir, dicname = _unidic_dicdir()
+    dicdir, dicname = unidic_dicdir()
     tagger = fugashi.Tagger(f'-r "{Path(dicdir) / "mecabrc"}" -d "{dicdir}"')
 
     class _Cutlet(cutlet.Cutlet):  # type: ignore[misc]
@@ -353,7 +353,7 @@ def _load_japanese() -> tuple[Callable[[str], list[_Token]], str]:
 _SMALL_TO_LARGE_KANA = str.maketrans("ゃゅょぁぃぅぇぉ", "やゆよあいうえお")
 
 
-def _unidic_dicdir() -> tuple[str, str]:
+def unidic_dicdir() -> tuple[str, str]:
     """The MeCab dictionary for misaki's Cutlet: full UniDic if downloaded, else unidic-lite."""
     try:
         import unidic

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from gateway.config import SegmenterConfig
 from gateway.engine_cost import EngineCost
 from gateway.text.segmenter import Segmenter
+from gateway.text.words_ja import japanese_words
 
 __all__ = ["AUDIO_SECONDS_PER_UNIT", "Pace", "make_segmenter", "paced_limits"]
 
@@ -92,8 +93,9 @@ def paced_limits(config: SegmenterConfig, cost: EngineCost, speed: float = 1.0) 
     return max(low, min(config.max_chars, first)), pace
 
 
-def make_segmenter(config: SegmenterConfig, cost: EngineCost, speed: float = 1.0) -> Segmenter:
-    """A context's segmenter, its pieces sized by the latency target on this engine."""
+def make_segmenter(config: SegmenterConfig, cost: EngineCost, speed: float = 1.0, lang: str = "") -> Segmenter:
+    """A context's segmenter, its pieces sized by the latency target on this engine; for Japanese
+    (``lang`` "ja") it cuts unspaced text only between MeCab's words (``gateway.text.words_ja``)."""
     first_max, pace = paced_limits(config, cost, speed)
     return Segmenter(
         first_min_chars=config.first_min_chars,
@@ -106,4 +108,6 @@ def make_segmenter(config: SegmenterConfig, cost: EngineCost, speed: float = 1.0
         sentence_max_cuts=config.sentence_max_cuts,
         min_tail_chars=config.min_tail_chars,
         context_words=config.context_words,
+        first_context_words=config.first_context_words,
+        words=japanese_words() if lang == "ja" else None,
     )

@@ -53,9 +53,11 @@ from functools import lru_cache
 from typing import TYPE_CHECKING
 
 from gateway.text.phrases import BAD, PHRASE, boundary_score
+from gateway.text.words_ja import INSIDE_WORD, is_unspaced
 
 if TYPE_CHECKING:
     from gateway.text.pacing import Pace
+    from gateway.text.words_ja import JapaneseWords
 
 __all__ = ["Seam", "Segmenter", "text_units"]
 
@@ -159,6 +161,8 @@ class Segmenter:
       utterance end, and the words at the edges suffer (measured: Whisper misheard them). 0: no cap.
     - ``context_words`` (0): each piece's ``seam()`` holds up to this many words of the same
       sentence on each side, and a cut inside a sentence waits for those after it (see Seams).
+    - ``first_context_words`` (None: ``context_words``): the words after the first piece, at most
+      ``context_words``: its cut waits for them in a stream, and its wait is the time to first audio.
     - ``min_tail_chars`` (0): a cut inside a sentence must leave at least this many units before
       the sentence ends, so no piece is a stray word ("week.", "come in."); it waits for that much
       text (or the end) to arrive. A cut that leaves less is taken only when no other boundary fits.
@@ -188,7 +192,9 @@ class Segmenter:
         sentence_max_cuts: int = 0,
         min_tail_chars: int = 0,
         context_words: int = 0,
+        first_context_words: int | None = None,
         pace: Pace | None = None,
+        words: JapaneseWords | None = None,
     ) -> None:
         if not 0 < first_min_chars <= first_max_chars <= max_chars:
             raise ValueError("need 0 < first_min_chars <= first_max_chars <= max_chars")
@@ -211,10 +217,12 @@ class Segmenter:
             raise ValueError("sentence_max_cuts and min_tail_chars must be >= 0")
         self.sentence_max_cuts = sentence_max_cuts
         self.min_tail_chars = min_tail_chars
-        if context_words < 0:
-            raise ValueError("context_words must be >= 0")
+        if context_words < 0 or (first_context_words or 0) < 0:
+            raise ValueError("context_words and first_context_words must be >= 0")
         self.context_words = context_words
+        self.first_context_words = context_words if first_context_words is None else min(first_context_words, context_words)
         self.pace = pace
+        self.words = words
         # With a pace: audio of the pieces cut so far, and the compute of those after the first.
         self._audio_ahead_s = 0.0
         self._compute_after_first_s = 0.0
@@ -330,15 +338,17 @@ class Segmenter:
         self._left = " ".join(tail)
 
     def _right_words(self, text: str, end: int, *, final: bool) -> str | None:
-        """The first ``context_words`` words after a cut at ``end``, within the sentence; None while
-        they have not all arrived whole (a word is whole once whitespace follows it)."""
-        if not self.context_words or _ends_sentence(text[:end].rstrip()):
+        """The first ``context_words`` (``first_context_words`` after the first piece) words after a
+        cut at ``end``, within the sentence; None while they have not all arrived whole (a word is
+        whole once whitespace follows it)."""
+        count = self.first_context_words if self.num_pieces == 0 else self.context_words
+        if not count or _ends_sentence(text[:end].rstrip()):
             return ""
         if any(_is_wide(c) for c in text[:end].rstrip().rsplit(None, 1)[-1]):
             return ""  # unspaced text before the cut: no words to count on either side
         words: list[str] = []
         i, n = end, len(text)
-        while len(words) < self.context_words:
+        while len(words) < count:
             j = i
             while j < n and text[j].isspace():
                 j += 1
@@ -392,7 +402,11 @@ class Segmenter:
             state = (start, i, units, has_word, last_boundary, over, fallback)
             ch = text[i]
             decision = _REJECT
-            if i > start and has_word and self._is_word_boundary(text, i):
+            boundary = i > start and has_word and self._is_word_boundary(text, i, final=final)
+            if boundary is None:
+                self._scan = state
+                return _WAIT
+            if boundary:
                 if over:
                     decision = self._past_limit(text, i, units, fallback, lim, final=final)
                 else:
@@ -493,8 +507,11 @@ class Segmenter:
         units = 0
         has_word = False
         for pos in range(start, last + 1):
-            if pos > start and has_word and self._is_word_boundary(text, pos):
-                score = boundary_score(text, pos, final=final)
+            boundary = pos > start and has_word and self._is_word_boundary(text, pos, final=final)
+            if boundary is None:
+                return _WAIT, -1
+            if boundary:
+                score = self._score(text, pos, final=final)
                 # Not for the first piece: its latency is the target, and waiting for ~3 more words
                 # would add their arrival to it (its tail is the rest of the sentence, seldom short).
                 short_tail = self._short_tail(text, pos, final=final) if self.num_pieces else False
@@ -527,16 +544,17 @@ class Segmenter:
         """
         if units > self._overshoot(lim):
             return self._confirm(fallback if fallback >= 0 else i, final=final)
-        score = boundary_score(text, i, final=final)
+        score = self._score(text, i, final=final)
         short_tail = self._short_tail(text, i, final=final) if self.num_pieces else False
         if score is None or short_tail is None:
             return _WAIT
         if short_tail:
             return _REJECT
-        # In unspaced CJK text a "phrase boundary" is only a guess from a particle (と of とても):
-        # there only punctuation (``_punctuation_cut``) is worth going past the limit for.
-        spaced = text[i].isspace()
-        if (score >= PHRASE and spaced) or (score > BAD and fallback < 0):
+        # In unspaced CJK text a "phrase boundary" is only a guess from a particle (と of とても),
+        # unless MeCab read the words (``words``): without it, only punctuation
+        # (``_punctuation_cut``) is worth going past the limit for.
+        known = text[i].isspace() or self._words_at(text, i)
+        if (score >= PHRASE and known) or (score > BAD and fallback < 0):
             return self._confirm(i, final=final)
         return _REJECT
 
@@ -620,8 +638,22 @@ class Segmenter:
             return len(word) <= 2
         return word.lower() in _ABBREVIATIONS
 
-    def _is_word_boundary(self, text: str, i: int) -> bool:
-        """Whether a piece may end between ``text[i-1]`` and ``text[i]`` (never inside a word)."""
+    def _words_at(self, text: str, i: int) -> bool:
+        """Whether ``words`` decides the boundary between ``text[i-1]`` and ``text[i]``."""
+        return self.words is not None and is_unspaced(text[i - 1]) and is_unspaced(text[i])
+
+    def _score(self, text: str, i: int, *, final: bool) -> int | None:
+        """``phrases.boundary_score``, or the MeCab words' score inside unspaced Japanese."""
+        if self.words is not None and self._words_at(text, i):
+            return self.words.score(text, i, final=final)
+        return boundary_score(text, i, final=final)
+
+    def _is_word_boundary(self, text: str, i: int, *, final: bool = False) -> bool | None:
+        """Whether a piece may end between ``text[i-1]`` and ``text[i]`` (never inside a word);
+        None while the words that decide it (unspaced Japanese, ``words``) have not arrived."""
+        if self.words is not None and self._words_at(text, i):
+            score = self.words.score(text, i, final=final)
+            return None if score is None else score != INSIDE_WORD
         a, b = text[i - 1], text[i]
         if b.isspace():
             return not a.isspace()
