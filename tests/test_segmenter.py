@@ -547,3 +547,24 @@ def test_seams_do_not_depend_on_fragmentation(data: st.DataObject, text: str, op
         assert bool(seam.right) == bool(following.left)  # both sides of a seam, or neither
         if seam.right:
             assert piece.split()[-len(following.left.split()) :] == following.left.split()
+
+
+def test_the_first_cut_waits_only_for_first_context_words() -> None:
+    options = {"first_min_chars": 8, "first_max_chars": 16, "min_chars": 16, "max_chars": 30, "context_words": 3}
+    words = "The quick brown fox jumped over the lazy dog near the old stone bridge and ran".split()
+
+    def first_piece_after(first_context_words: int) -> tuple[int, Segmenter]:
+        seg = Segmenter(**options, first_context_words=first_context_words)  # type: ignore[arg-type]
+        for count, word in enumerate(words, 1):
+            if seg.feed(word + " "):
+                return count, seg
+        raise AssertionError("no first piece")
+
+    one, seg = first_piece_after(1)
+    three, _ = first_piece_after(3)
+    assert three - one == 2  # two words less to wait for: ~100 ms at 20 words/s
+    assert seg.seam(0) == Seam("", "fox")  # "The quick brown" | "fox"
+    pieces = seg.feed(" ".join(words[one:]) + " ") + seg.flush()
+    later = [seg.seam(k) for k in range(1, len(pieces))]
+    assert all(len(s.right.split()) == 3 for s in later[:-1])  # later cuts: context_words
+    assert later[0].left == "The quick brown"
