@@ -521,7 +521,7 @@ def test_each_piece_gets_the_words_around_it_within_its_sentence() -> None:
 
 
 def test_no_context_across_a_line_break_or_in_unspaced_text() -> None:
-    got = seams("one two three four\nfive six", first_max_chars=8, context_words=2)
+    got = seams("one two three four\nfive six", first_min_chars=4, first_max_chars=8, context_words=2)
     assert got[0] == ("one two", Seam("", "three four"))
     assert got[1:] == [("three four", Seam("one two", "")), ("five six", Seam("", ""))]
     assert all(seam == Seam() for _, seam in seams("今日は天気がとても良いので公園まで歩いて行きましょう。", context_words=3))
@@ -568,3 +568,10 @@ def test_the_first_cut_waits_only_for_first_context_words() -> None:
     later = [seg.seam(k) for k in range(1, len(pieces))]
     assert all(len(s.right.split()) == 3 for s in later[:-1])  # later cuts: context_words
     assert later[0].left == "The quick brown"
+
+
+def test_a_piece_runs_past_its_limit_rather_than_end_before_its_floor() -> None:
+    text = "Thank you for calling, your order has shipped and it should arrive on Tuesday."
+    # Within 16 characters the only boundary that is not BAD leaves "Thank" (5 < first_min_chars 8).
+    assert segment(text, first_max_chars=16, context_words=3)[0] == "Thank you for calling,"
+    assert segment(text, first_min_chars=4, first_max_chars=7, context_words=3)[0] == "Thank"

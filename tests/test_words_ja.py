@@ -42,6 +42,8 @@ def test_positions_are_scored_by_the_words_around_them(words: JapaneseWords) -> 
     assert words.score(text, at("美味"), final=True) == WORD  # とても | 美味しい
     assert words.score("駅に着いたら", 4, final=True) == BAD  # 着い | たら: an auxiliary leans back
     assert words.score("少し遅刻して", 4, final=True) == BAD  # 遅刻 | して
+    assert words.score("電話してください", 4, final=True) == BAD  # して | ください: after a verb's て
+    assert words.score("宿題をする前に", 3, final=True) == PHRASE  # 宿題を | する
 
 
 def test_a_position_waits_until_enough_of_the_run_after_it_has_arrived(words: JapaneseWords) -> None:
@@ -61,7 +63,8 @@ def test_japanese_pieces_end_between_words_and_prefer_phrase_ends(words: Japanes
         "料理はとても美味しいので、",
         "また来たいです。",
     ]
-    assert segment("駅に着いたらすぐに電話してください。", words) == ["駅に", "着いたらすぐに", "電話してください。"]
+    # "駅に" alone would be under the first piece's floor: the piece runs on to the next phrase end.
+    assert segment("駅に着いたらすぐに電話してください。", words) == ["駅に着いたら", "すぐに", "電話してください。"]
 
 
 _JA_TOKENS = st.sampled_from(

@@ -521,8 +521,10 @@ class Segmenter:
             if pos < len(text):
                 units += self._units(text[pos])
                 has_word = has_word or text[pos].isalnum()
-        if all(c[0] == BAD for c in candidates):
-            return _REJECT, -1  # none is a place to breathe: go on to the first one past the limit
+        if all(c[0] == BAD or c[1] < lim.floor for c in candidates):
+            # None is a place to breathe, or only one before the floor ("駅に" of 駅に着いたら: the
+            # rest is one word): go on to the first one past the limit.
+            return _REJECT, -1
         half = max(lim.floor, lim.max_units // 2)
         candidates = [c for c in candidates if not c[3]] or candidates
         preferred = [c for c in candidates if c[1] >= half and c[0] > BAD] or candidates

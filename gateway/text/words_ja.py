@@ -75,15 +75,17 @@ class JapaneseWords:
             if at > offset:
                 break
             # A verb that can lean on the word before (する, いる, ください) starts a phrase of its
-            # own after a particle (宿題を | する), and leans otherwise (遅刻 | して).
-            leans = words[k][2] and before != "助詞"
+            # own after a case or topic particle (宿題を | する), and leans otherwise (遅刻 | して,
+            # して | ください after the て of a verb).
+            leans = words[k][2] and (before != "助詞" or words[k - 1][3])
             if after in _DEPENDENT_POS or leans or before in _BINDING_POS:
                 return BAD
             return PHRASE if before == "助詞" else WORD
         return INSIDE_WORD
 
-    def _read(self, run: str) -> tuple[tuple[int, str, bool], ...]:
-        """(start offset, pos1, leans on the word before) for each MeCab word of ``run``."""
+    def _read(self, run: str) -> tuple[tuple[int, str, bool, bool], ...]:
+        """(start offset, pos1, a verb that can lean on the word before, a て-form joint) for each
+        MeCab word of ``run``."""
         words, at = [], 0
         for node in self._tagger(run):  # type: ignore[operator]
             surface = node.surface
@@ -91,8 +93,9 @@ class JapaneseWords:
             if found < 0:
                 continue  # MeCab normalised it: no boundary to take from it
             feature = node.feature
-            leans = getattr(feature, "pos2", "") == "非自立可能" and feature.pos1 in ("動詞", "形容詞")
-            words.append((found, feature.pos1, leans))
+            leaning = getattr(feature, "pos2", "") == "非自立可能" and feature.pos1 in ("動詞", "形容詞")
+            joint = getattr(feature, "pos2", "") == "接続助詞"
+            words.append((found, feature.pos1, leaning, joint))
             at = found + len(surface)
         return tuple(words)
 
