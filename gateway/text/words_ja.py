@@ -14,12 +14,14 @@ fewer than ``LOOK_AHEAD`` characters of the run follow it, the answer is None ("
 ``phrases.boundary_score`` does for a word not yet received whole. MeCab's reading of "このレスト"
 alone ends a word after レスト; with the rest of the run it does not.
 
-Not thread-safe (one MeCab tagger): call it from the thread that runs the segmenters (the event loop).
+One MeCab tagger per process (its dictionary is ~50 MB), behind a lock: segmenters run on the event
+loop, but a process may run more than one.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import unicodedata
 from functools import lru_cache
 from pathlib import Path
@@ -52,6 +54,7 @@ class JapaneseWords:
 
     def __init__(self, tagger: object) -> None:
         self._tagger = tagger
+        self._lock = threading.Lock()
         self._words = lru_cache(maxsize=4096)(self._read)
 
     def score(self, text: str, pos: int, *, final: bool) -> int | None:
@@ -87,15 +90,14 @@ class JapaneseWords:
         """(start offset, pos1, a verb that can lean on the word before, a て-form joint) for each
         MeCab word of ``run``."""
         words, at = [], 0
-        for node in self._tagger(run):  # type: ignore[operator]
-            surface = node.surface
+        with self._lock:  # a node is the tagger's until its next parse: read them all under the lock
+            nodes = [(node.surface, node.feature.pos1, getattr(node.feature, "pos2", "")) for node in self._tagger(run)]  # type: ignore[operator]
+        for surface, pos1, pos2 in nodes:
             found = run.find(surface, at) if surface else -1
             if found < 0:
                 continue  # MeCab normalised it: no boundary to take from it
-            feature = node.feature
-            leaning = getattr(feature, "pos2", "") == "非自立可能" and feature.pos1 in ("動詞", "形容詞")
-            joint = getattr(feature, "pos2", "") == "接続助詞"
-            words.append((found, feature.pos1, leaning, joint))
+            leaning = pos2 == "非自立可能" and pos1 in ("動詞", "形容詞")
+            words.append((found, pos1, leaning, pos2 == "接続助詞"))
             at = found + len(surface)
         return tuple(words)
 
