@@ -13,8 +13,8 @@ the harmonic source, the small convolutions at the signal's ends (``F0_conv``, `
 ``"auto"`` (the default) picks bfloat16 on a CPU with native bfloat16 and float32 everywhere else:
 on a CPU without it bfloat16 is emulated and slower (measured 47x slower under autocast on an AVX2
 CPU), and on CUDA the GPU path has not been measured in bfloat16 yet (``KokoroEngine._autocast``).
-What it costs in audio and what it buys in time: ``voxgate bench quality`` / ``bench engine`` with
-``--set engine.dtype=...`` (benchmarks/README.md, "Fourth round").
+What it costs in audio and what it buys in time: ``voxgate bench engine --dtype ...`` and
+``voxgate bench quality --set engine.dtype=...`` (benchmarks/README.md, "Fourth round").
 """
 
 from __future__ import annotations

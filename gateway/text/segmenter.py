@@ -338,7 +338,7 @@ class Segmenter:
         self._left = " ".join(tail)
 
     def _right_words(self, text: str, end: int, *, final: bool) -> str | None:
-        """The first ``context_words`` (``first_context_words`` after the first piece) words after a
+        """The first ``context_words`` words (``first_context_words`` for the first piece) after a
         cut at ``end``, within the sentence; None while they have not all arrived whole (a word is
         whole once whitespace follows it)."""
         count = self.first_context_words if self.num_pieces == 0 else self.context_words
