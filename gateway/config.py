@@ -222,6 +222,10 @@ class EngineConfig:
     #: CUDA graphs for the Kokoro decoder, one per (batch size, frames) bucket, eager fallback
     #: (gateway/engines/cuda_graphs.py). Off: never run on a GPU yet; no effect on CPU.
     cuda_graphs: bool = False
+    #: The Kokoro decoder's instance norms: "voice" normalises every item by its voice's statistics,
+    #: measured once per voice, so a short piece sounds as it does inside its sentence
+    #: (gateway/engines/voice_norms.py); "instance": each item's own, Kokoro's arithmetic exactly.
+    decoder_norm: Literal["voice", "instance"] = "voice"
 
 
 @dataclass(frozen=True, slots=True)

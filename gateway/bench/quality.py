@@ -372,12 +372,13 @@ def _start_server(args: argparse.Namespace) -> tuple[subprocess.Popen[bytes], st
 
 
 def _baseline_audio(sentences: Sequence[tuple[str, str, str]], weights: str, voices: dict[str, str | None]) -> dict[str, np.ndarray]:
-    """Each sentence synthesized whole by the engine in one piece (no segmenter, no trimming)."""
+    """Each sentence synthesized whole by the engine in one piece (no segmenter, no trimming), as
+    Kokoro itself computes it: float32, each item's own instance norms."""
     from gateway.config import EngineConfig
     from gateway.engines import SynthesisItem, create_engine
     from gateway.text.g2p import G2P
 
-    engine = create_engine(EngineConfig(weights=weights, dtype="float32", warmup=False))
+    engine = create_engine(EngineConfig(weights=weights, dtype="float32", decoder_norm="instance", warmup=False))
     out = {}
     g2ps: dict[str, Any] = {}
     for lang, _, text in sentences:

@@ -42,6 +42,7 @@ def create_engine(config: EngineConfig) -> Engine:
         dtype=config.dtype,
         prosody=config.prosody,
         cuda_graphs=config.cuda_graphs,
+        decoder_norm=config.decoder_norm,
     )
     if config.kind == "tiny":
         return KokoroEngine.tiny(seed=config.tiny_seed, **common)

@@ -52,6 +52,7 @@ from torch import nn
 from gateway.engines.edges import EdgeSpan, clamp_edges_batch, context_window
 from gateway.engines.prosody import f0_and_n, predict_durations
 from gateway.engines.source_noise import GeneratorNoise, SourceNoise
+from gateway.engines.voice_norms import NormSource
 
 __all__ = ["BatchedAudio", "BatchedOutput", "batched_forward", "source_phase"]
 
@@ -137,19 +138,33 @@ def _check_width(x: torch.Tensor, span: _Span, where: str) -> None:
         raise AssertionError(f"{where}: width {x.shape[-1]} != expected {span.width}")
 
 
-def _adain(layer: nn.Module, x: torch.Tensor, s: torch.Tensor, span: _Span) -> torch.Tensor:
-    """``AdaIN1d`` with instance statistics over each item's own frames; padding comes out zero."""
-    h = layer.fc(s).unsqueeze(-1)
+class _Style(NamedTuple):
+    """What the decoder's ``AdaIN1d`` layers read besides the signal: the style vectors ``(B, 128)``
+    and where the norms' statistics come from (None: each item's own, as Kokoro)."""
+
+    vector: torch.Tensor
+    norms: NormSource | None = None
+
+
+def _adain(layer: nn.Module, x: torch.Tensor, s: _Style, span: _Span) -> torch.Tensor:
+    """``AdaIN1d`` with instance statistics over each item's own frames (or ``s.norms``' statistics);
+    padding comes out zero."""
+    h = layer.fc(s.vector).unsqueeze(-1)
     gamma, beta = torch.chunk(h, chunks=2, dim=1)
     norm: nn.InstanceNorm1d = layer.norm
-    if span.mask is None:
+    fixed = None if s.norms is None else s.norms.statistics(layer, x, span.lengths)
+    if fixed is None and span.mask is None:
         return (1 + gamma) * norm(x) + beta
     # Running statistics would make the norm length-independent, but kokoro never tracks them.
     assert not norm.track_running_stats, "AdaIN1d with running statistics is not supported"
-    pad, count = span.pad, span.count
-    mean = x.masked_fill(pad, 0.0).sum(dim=-1, keepdim=True) / count
-    centred = (x - mean).masked_fill(pad, 0.0)
-    var = centred.square().sum(dim=-1, keepdim=True) / count  # biased, as InstanceNorm's
+    if fixed is None:
+        pad, count = span.pad, span.count
+        mean = x.masked_fill(pad, 0.0).sum(dim=-1, keepdim=True) / count
+        centred = (x - mean).masked_fill(pad, 0.0)
+        var = centred.square().sum(dim=-1, keepdim=True) / count  # biased, as InstanceNorm's
+    else:
+        mean, var = fixed
+        centred = x - mean
     # Fold normalisation, the norm's affine and the style's gamma/beta into one scale and shift
     # per (item, channel): one pass over the signal instead of four.
     scale = (1 + gamma) * torch.rsqrt(var + norm.eps)
@@ -157,7 +172,8 @@ def _adain(layer: nn.Module, x: torch.Tensor, s: torch.Tensor, span: _Span) -> t
     if norm.affine:
         scale = scale * norm.weight[:, None]
         shift = shift + (1 + gamma) * norm.bias[:, None]
-    return torch.addcmul(shift, centred, scale).masked_fill(pad, 0.0)
+    out = torch.addcmul(shift, centred, scale)
+    return out if span.mask is None else out.masked_fill(span.pad, 0.0)
 
 
 def _snake(x: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
@@ -166,7 +182,7 @@ def _snake(x: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
 
 
 def _adain_resblk1d(
-    block: nn.Module, x: torch.Tensor, s: torch.Tensor, span_in: _Span, span_out: _Span
+    block: nn.Module, x: torch.Tensor, s: _Style, span_in: _Span, span_out: _Span
 ) -> torch.Tensor:
     """``AdainResBlk1d.forward`` with masked norms and zero padding before each conv.
 
@@ -184,7 +200,7 @@ def _adain_resblk1d(
     return out
 
 
-def _adain_resblock1(block: nn.Module, x: torch.Tensor, s: torch.Tensor, span: _Span) -> torch.Tensor:
+def _adain_resblock1(block: nn.Module, x: torch.Tensor, s: _Style, span: _Span) -> torch.Tensor:
     """``AdaINResBlock1.forward`` (the generator's resblock) with masked norms.
 
     Every conv here follows a masked AdaIN and a Snake, so its input padding is already zero.
@@ -360,7 +376,7 @@ def _istft(gen: nn.Module, x: torch.Tensor, span: _Span) -> tuple[torch.Tensor, 
 
 
 def _generator(
-    gen: nn.Module, x: torch.Tensor, s: torch.Tensor, f0: torch.Tensor, span: _Span, noise: SourceNoise
+    gen: nn.Module, x: torch.Tensor, s: _Style, f0: torch.Tensor, span: _Span, noise: SourceNoise
 ) -> tuple[torch.Tensor, list[int]]:
     """``Generator.forward`` on the whole batch; returns padded audio ``(B, samples)`` and lengths."""
     device = x.device
@@ -406,24 +422,29 @@ def _decoder(
     frames: _Span,
     halves: _Span,
     noise: SourceNoise,
+    norms: NormSource | None = None,
 ) -> tuple[torch.Tensor, list[int]]:
-    """``Decoder.forward`` with masking; ``frames`` is the alignment's axis, ``halves`` F0's."""
+    """``Decoder.forward`` with masking; ``frames`` is the alignment's axis, ``halves`` F0's.
+
+    ``norms``: the ``AdaIN1d`` layers' statistics (``gateway.engines.voice_norms``); None: each
+    item's own, as Kokoro."""
+    style = _Style(s, norms)
     f0 = dec.F0_conv(_zero_pad(f0_curve.unsqueeze(1), halves))
     n = dec.N_conv(_zero_pad(n_curve.unsqueeze(1), halves))
     _check_width(f0, frames, "F0_conv")
     x = torch.cat([asr, f0, n], dim=1)
-    x = _adain_resblk1d(dec.encode, x, s, frames, frames)
+    x = _adain_resblk1d(dec.encode, x, style, frames, frames)
     asr_res = dec.asr_res(asr)  # 1x1 conv on zero-padded asr
     span, res = frames, True
     for block in dec.decode:
         if res:
             x = torch.cat([x, asr_res, f0, n], dim=1)
         out_span = halves if block.upsample_type != "none" else span
-        x = _adain_resblk1d(block, x, s, span, out_span)
+        x = _adain_resblk1d(block, x, style, span, out_span)
         span = out_span
         if block.upsample_type != "none":
             res = False
-    return _generator(dec.generator, x, s, f0_curve, span, noise)
+    return _generator(dec.generator, x, style, f0_curve, span, noise)
 
 
 def _prosody(
@@ -599,6 +620,7 @@ def batched_forward(
     per_item_prosody: bool = False,
     edges: Sequence[EdgeSpan | None] | None = None,
     decoder_graphs: Callable[..., tuple[torch.Tensor, list[int]] | None] | None = None,
+    norms: NormSource | None = None,
 ) -> BatchedAudio:
     """Synthesize a batch; item ``b``'s output depends only on item ``b``'s inputs.
 
@@ -616,6 +638,8 @@ def batched_forward(
     part one item at a time (the same floats; a few hundred ops per item).
     ``edges[b]`` holds item b's edge tokens short (``gateway.engines.edges``). ``decoder_graphs``
     (``cuda_graphs.DecoderGraphs``) may run the decoder instead; when it returns None, it runs eagerly.
+    ``norms`` gives the decoder's norms their statistics (``gateway.engines.voice_norms``; None: each
+    item's own, as Kokoro); the graphs capture Kokoro's own, so with ``norms`` the decoder runs eagerly.
     """
     if not isinstance(noise, SourceNoise):
         noise = GeneratorNoise(noise)
@@ -647,8 +671,8 @@ def batched_forward(
         )
     t_en = model.text_encoder(tokens.input_ids, tokens.lengths_cpu, tokens.text_mask)
     asr = _expand(t_en, index, frames)
-    graphed = None if decoder_graphs is None else decoder_graphs(asr, f0_pred, n_pred, s_dec, frames, noise)
-    audio, num_samples = graphed or _decoder(model.decoder, asr, f0_pred, n_pred, s_dec, frames, halves, noise)
+    graphed = None if decoder_graphs is None or norms is not None else decoder_graphs(asr, f0_pred, n_pred, s_dec, frames, noise)
+    audio, num_samples = graphed or _decoder(model.decoder, asr, f0_pred, n_pred, s_dec, frames, halves, noise, norms)
 
     samples_per_half = model.decoder.generator.m_source.l_sin_gen.upsample_scale
     # torch.istft's length, (frames - 1) * hop, is sum(durations) * 600 for Kokoro's generator.

@@ -28,12 +28,14 @@ from gateway.engines.batched import batched_forward
 from gateway.engines.edges import cut_context, edge_span, trim_edges
 from gateway.engines.precision import decoder_convs_to_bf16, resolve_dtype
 from gateway.engines.source_noise import HashNoise
+from gateway.engines.voice_norms import MIN_STYLE_ROW, REFERENCE_PHONEMES, ROW_BUCKETS, FixedNorms, NormRecorder, VoiceNorms, bucket_row
 
 __all__ = ["KokoroEngine", "DType", "resolve_device", "device_name"]
 
 logger = logging.getLogger("voxgate.engine")
 
 DType = Literal["auto", "float32", "float16", "bfloat16"]
+DecoderNorm = Literal["voice", "instance"]
 _DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 # A short piece for warmup: a few common phonemes, every one in Kokoro's vocabulary.
 _WARMUP_PHONEMES = "həlˈoʊ wˈɜːld."
@@ -118,6 +120,7 @@ class KokoroEngine(Engine):
         weights_source: str = "",
         prosody: Literal["auto", "batched", "per_item"] = "auto",
         cuda_graphs: bool = False,
+        decoder_norm: DecoderNorm = "voice",
     ) -> None:
         if not voices:
             raise ValueError("at least one voice pack is needed")
@@ -142,6 +145,12 @@ class KokoroEngine(Engine):
         # Both give each item the same F0 as a solo run (prosody.py); batched does it in ops
         # independent of the batch size (what a launch-bound GPU needs), so auto is batched everywhere.
         self.per_item_prosody = prosody == "per_item"
+        if decoder_norm not in ("voice", "instance"):
+            raise ValueError(f"decoder_norm must be voice or instance, got {decoder_norm!r}")
+        # "voice": the decoder's norms use each voice's measured statistics (measured on first use,
+        # gateway.engines.voice_norms); "instance": each item's own, Kokoro's arithmetic exactly.
+        self.decoder_norm: DecoderNorm = decoder_norm
+        self._voice_norms: dict[tuple[int, int], VoiceNorms] = {}
         self._apply_threads()
         self.model = _bake_weight_norm(model.to(self.device).eval())
         if self.device.type == "cpu" and self.dtype == "bfloat16":
@@ -204,7 +213,7 @@ class KokoroEngine(Engine):
         self._apply_threads()
         # Per item: host-side Python only. The batch then goes to the device in a fixed number of
         # tensor ops (ids, style rows, speeds, seeds), whatever its size.
-        token_ids, voice_rows, speeds, spoken, seeds, edges = [], [], [], [], [], []
+        token_ids, voice_rows, speeds, spoken, seeds, edges, norms = [], [], [], [], [], [], []
         limit = min(MAX_PHONEMES, self._context)
         for item in items:
             index = self._voice_index.get(item.voice)
@@ -221,6 +230,10 @@ class KokoroEngine(Engine):
             # of what the model reads: the context's too (by the piece's alone, Whisper misheard
             # twice as many words: 0.30 vs 0.11 WER on bench quality's sentences).
             row = min(max(len(item.phonemes) + len(left) + len(right), 1), self._packs.shape[1]) - 1
+            if self.decoder_norm == "voice":
+                # With the voice's statistics, a sentence's style for every piece (voice_norms.py).
+                row = max(row, min(MIN_STYLE_ROW, self._packs.shape[1] - 1))
+                norms.append(self._norms_of(index, row))
             voice_rows.append((index, row))
             speeds.append(float(item.speed))
             seeds.append(item.effective_seed())
@@ -233,7 +246,7 @@ class KokoroEngine(Engine):
             with self._autocast():
                 out = batched_forward(
                     self.model, token_ids, ref_s, speeds, HashNoise(seeds), per_item_prosody=self.per_item_prosody, edges=edges,
-                    decoder_graphs=self.decoder_graphs,
+                    decoder_graphs=self.decoder_graphs, norms=FixedNorms(norms) if norms else None,
                 )
         except ValueError as exc:
             raise EngineError(str(exc)) from exc
@@ -262,6 +275,11 @@ class KokoroEngine(Engine):
         """
         voice = next(iter(self._voices))
         self.synthesize([SynthesisItem(_WARMUP_PHONEMES, voice, seed=0)])
+        if self.decoder_norm == "voice":
+            # Every style row's statistics for the first voice (the default one), now rather than
+            # inside the first requests (~3 s each on a 2-core CPU).
+            for row in ROW_BUCKETS:
+                self._norms_of(0, row)
         if self._preferred is None and self.device.type == "cuda" and self.max_batch_size > 1:
             from gateway.engines.probe import default_sizes, probe_batch_sizes
 
@@ -306,6 +324,26 @@ class KokoroEngine(Engine):
         stft = self.model.decoder.generator.stft
         stft.window = stft.window.to(self.device)
         return DecoderGraphs(self.model.decoder, self.device)
+
+    def _norms_of(self, index: int, row: int) -> VoiceNorms:
+        """Voice ``index``'s decoder statistics at style row ``row`` (its bucket's), measured on
+        first use: the reference sentences synthesized with that row's style and Kokoro's own
+        norms (~9 s of speech: ~3 s on a 2-core CPU)."""
+        bucket = bucket_row(row, self._packs.shape[1])
+        norms = self._voice_norms.get((index, bucket))
+        if norms is not None:
+            return norms
+        recorder = NormRecorder()
+        for phonemes in REFERENCE_PHONEMES:
+            kept = self._in_vocab(phonemes)[: min(MAX_PHONEMES, self._context)]
+            with self._autocast():
+                batched_forward(
+                    self.model, [[0, *(self._vocab[ch] for ch in kept), 0]], self._packs[index, bucket, 0][None], [1.0],
+                    HashNoise([0]), per_item_prosody=self.per_item_prosody, norms=recorder,
+                )
+        norms = self._voice_norms[(index, bucket)] = recorder.result()
+        logger.info("decoder statistics measured for voice %d of %d at style row %d", index + 1, len(self._voice_index), bucket)
+        return norms
 
     def _in_vocab(self, phonemes: str) -> str:
         return "".join(ch for ch in phonemes if ch in self._vocab)
