@@ -83,8 +83,12 @@ def main() -> None:
     parser.add_argument("variants", nargs="+")
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--voice", default="jf_alpha")
+    parser.add_argument(
+        "--decoder-norm", default="instance", choices=("instance", "voice"),
+        help="instance: Kokoro's own norms (what the fourth round measured); voice: the default since (piece_norms.py)",
+    )
     args = parser.parse_args()
-    engine = create_engine(EngineConfig(kind="kokoro", weights="offline", dtype=args.dtype, warmup=False))
+    engine = create_engine(EngineConfig(kind="kokoro", weights="offline", dtype=args.dtype, decoder_norm=args.decoder_norm, warmup=False))
     recognizer = _Recognizer(default_cache_dir())
     g2p = G2P("en")
 

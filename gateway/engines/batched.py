@@ -11,7 +11,8 @@ does not depend on the number of items (on a GPU each op is a kernel launch):
   item's durations, F0 and N are the same floats as in a solo run;
 * durations are predicted for the batch, and ``_alignment`` (the one place where durations become
   frames) turns them into a padded frame -> token index (a ``searchsorted`` over cumulative ends);
-* every ``AdaIN1d`` normalises over the item's own frames only, and zeroes its output's padding;
+* every ``AdaIN1d`` normalises over the item's own frames only (or by the statistics a ``norms``
+  source gives each item: ``gateway.engines.voice_norms``), and zeroes its output's padding;
 * padding is zero before every convolution, transposed ones included (a transposed conv reads one
   position past an item's end, as does ``AdainResBlk1d``'s stride-2 pool);
 * the harmonic source runs on the padded batch: its interpolation clamps at each item's last frame,

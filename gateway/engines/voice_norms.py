@@ -11,8 +11,8 @@ once per style row bucket - the reference sentences below, spoken in that row's 
 own norms - and every item is normalised by them instead of its own; and every item takes at least
 the style of an ``MIN_STYLE_ROW``-phoneme utterance. Measured on the 28 sentences of
 ``voxgate bench quality``, each piece rendered as the server cuts it (``benchmarks/README.md``,
-"Fifth round"): WER 0.118 with Kokoro's own norms, 0.089 with the voice's statistics at each
-piece's own row, 0.046 with them at row >= 79 (Kokoro's own norms at row >= 79: 0.086); the
+"Fifth round"): WER 0.100 with Kokoro's own norms, 0.089 with the voice's statistics at each
+piece's own row, 0.046 with them at row >= 79 (Kokoro's own norms at row >= 79: 0.081); the
 sentences spoken whole by Kokoro 0.064. A piece's length no longer changes how its phonemes sound,
 and the decoder no longer reads the whole item (only its convolutions' reach).
 
