@@ -22,13 +22,8 @@ from gateway.engines.source_noise import HashNoise
 from gateway.engines.tiny import make_tiny_kmodel, make_tiny_voices
 from gateway.engines.voice_norms import MIN_STYLE_ROW, ROW_BUCKETS, FixedNorms, NormRecorder, bucket_row
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+# The tiny model at one thread, as in test_batched_forward.
+from tests.test_batched_forward import one_thread  # noqa: F401 - an autouse fixture
 
 
 @pytest.fixture(scope="module")
