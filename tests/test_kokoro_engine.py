@@ -89,7 +89,7 @@ def test_warmup_settles_on_batch_size_one_on_cpu_and_describe_names_the_device(e
     engine.warmup()
     assert engine.preferred_batch_size == 1
     info = engine.describe()
-    assert info["device"] == "cpu" and info["name"] == "kokoro"
+    assert info["device"] == "cpu" and info["name"] == "kokoro" and info["decoder_norm"] == "voice"
     assert "tiny" in str(info["weights_source"])
 
 

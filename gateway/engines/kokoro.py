@@ -305,6 +305,7 @@ class KokoroEngine(Engine):
             num_voices=len(self._voices),
             per_item_prosody=self.per_item_prosody,
             cuda_graphs=self.decoder_graphs is not None,
+            decoder_norm=self.decoder_norm,
         )
         return info
 
