@@ -78,9 +78,12 @@ class NormRecorder:
         self._sums: dict[nn.Module, list[torch.Tensor | int]] = {}
 
     def statistics(self, layer: nn.Module, x: torch.Tensor, lengths: Sequence[int]) -> None:
+        acc = self._sums.get(layer)
+        if acc is None:
+            zeros = torch.zeros(x.shape[1], dtype=torch.float64, device=x.device)
+            acc = self._sums[layer] = [zeros, zeros, 0]
         for b, n in enumerate(lengths):
             frames = x[b, :, :n].double()
-            acc = self._sums.setdefault(layer, [torch.zeros(x.shape[1], dtype=torch.float64, device=x.device)] * 2 + [0])
             acc[0] = acc[0] + frames.sum(dim=-1)
             acc[1] = acc[1] + frames.square().sum(dim=-1)
             acc[2] = int(acc[2]) + n
