@@ -226,6 +226,10 @@ class EngineConfig:
     #: measured once per voice, so a short piece sounds as it does inside its sentence
     #: (gateway/engines/voice_norms.py); "instance": each item's own, Kokoro's arithmetic exactly.
     decoder_norm: Literal["voice", "instance"] = "voice"
+    #: Decode a context's first piece in two parts and send the first before the second is made
+    #: (a "head"; needs decoder_norm = "voice"), where the decoder's measured cost says it saves
+    #: time to first audio without a stall (gateway/engines/kokoro.py, ``_head_frames``).
+    stream_heads: bool = True
 
 
 @dataclass(frozen=True, slots=True)

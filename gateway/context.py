@@ -104,6 +104,8 @@ class Context:
     num_pieces: int = 0
     #: Reorder buffer: (ordinal, part) -> result, emitted strictly in order.
     results: dict[tuple[int, int], SynthesisResult | None] = field(default_factory=dict)
+    #: (ordinal, part) -> samples of its audio already sent ahead of its result (an engine's head).
+    head_samples: dict[tuple[int, int], int] = field(default_factory=dict)
     parts: dict[int, int] = field(default_factory=dict)
     next_ordinal: int = 0
     next_part: int = 0

@@ -43,6 +43,9 @@ class Metrics:
             "voxgate_audio_seconds", "Seconds of audio synthesized", registry=r
         )
         self.pieces = Counter("voxgate_pieces", "Pieces by outcome", ["outcome"], registry=r)
+        self.piece_heads = Counter(
+            "voxgate_piece_heads", "First pieces whose start was sent before the rest was decoded", registry=r
+        )
         self.errors = Counter("voxgate_errors", "Errors sent to clients by code", ["code"], registry=r)
         self.sessions_refused = Counter("voxgate_sessions_refused", "Connections refused", ["reason"], registry=r)
         self.engine_ready = Gauge("voxgate_engine_ready", "1 when the engine is loaded and healthy", registry=r)

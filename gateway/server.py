@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
+import numpy as np
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
@@ -440,8 +441,15 @@ class Gateway:
     async def _run_batch(self, job: BatchJob) -> None:
         assert self.hub is not None
         started = time.perf_counter()
+        loop = asyncio.get_running_loop()
+
+        def on_head(index: int, audio: np.ndarray) -> None:
+            # The engine thread: the head goes to the loop, ahead of the batch's result (FIFO).
+            loop.call_soon_threadsafe(self._deliver_head, job, index, audio)
+
+        wants_heads = any(item.stream_head for item in job.items)
         try:
-            outcome: list[Any] | None = await asyncio.wrap_future(self.worker.submit(job.items))
+            outcome: list[Any] | None = await asyncio.wrap_future(self.worker.submit(job.items, on_head if wants_heads else None))
         except Exception:
             logger.error("engine worker failed", exc_info=True)
             outcome = None
@@ -452,6 +460,15 @@ class Gateway:
             self.hub.batch_failed(job, now)
         else:
             self.hub.batch_done(job, outcome, now)
+        self._carry_out()
+
+    def _deliver_head(self, job: BatchJob, index: int, audio: np.ndarray) -> None:
+        assert self.hub is not None
+        try:
+            self.hub.piece_head(job, index, audio, asyncio.get_running_loop().time())
+        except Exception:
+            # A bug, not a client's doing: the piece's result still carries all of its audio.
+            logger.error("delivering a head failed", exc_info=True)
         self._carry_out()
 
     # --- plain HTTP -----------------------------------------------------------------------------

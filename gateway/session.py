@@ -240,6 +240,23 @@ class Session:
             result.extra["words"] = words
         self._drain_results(context, now)
 
+    def receive_head(self, request: PieceRequest, part: int, audio: np.ndarray, now: float) -> bool:
+        """The start of a part's audio, ahead of its result (``Engine.synthesize_with_heads``): sent
+        at once when the part is next in speaking order (else it waits for its result as usual).
+        Returns whether it was sent."""
+        context = request.context
+        if context.session is not self:
+            raise InvalidState("audio routed to a session that does not own the context")
+        key = (request.ordinal, part)
+        if context.state.is_finished() or key in context.head_samples or key in context.results:
+            return False
+        if (context.next_ordinal, context.next_part) != key or request.ordinal not in context.parts:
+            return False
+        context.head_samples[key] = len(audio)
+        for frame in context.encoder.push(audio):
+            self._enqueue_frame(context, frame, now)
+        return True
+
     def receive_dropped(self, request: PieceRequest, part: int, reason: str, now: float) -> None:
         """A part was dropped unspoken (TTL): tell the client, continue with the next part."""
         context = request.context
@@ -566,7 +583,7 @@ class Session:
                     return
                 result = context.results.pop(key)
                 if result is not None:
-                    self._emit_audio(context, result, now)
+                    self._emit_audio(context, result, now, sent=context.head_samples.pop(key, 0))
                 context.next_part += 1
                 continue
             del context.parts[context.next_ordinal]
@@ -575,7 +592,9 @@ class Session:
         if context.state is ContextState.CLOSING and not context.has_unresolved_pieces:
             self._finish_context(context, ContextState.DONE, now)
 
-    def _emit_audio(self, context: Context, result: SynthesisResult, now: float) -> None:
+    def _emit_audio(self, context: Context, result: SynthesisResult, now: float, *, sent: int = 0) -> None:
+        """A part's result, in speaking order: its alignment, then its audio but the ``sent``
+        samples that went out ahead of it (``receive_head``)."""
         result = with_pause(result, self._pauses)
         if context.settings.alignment:
             words = result.extra.get("words", ())
@@ -592,7 +611,7 @@ class Session:
                 purge_on_cancel=True,
             )
         context.source_samples += len(result.audio)
-        for frame in context.encoder.push(result.audio):
+        for frame in context.encoder.push(result.audio[sent:]):
             self._enqueue_frame(context, frame, now)
 
     def _enqueue_frame(self, context: Context, samples: np.ndarray, now: float) -> None:

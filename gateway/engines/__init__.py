@@ -43,6 +43,7 @@ def create_engine(config: EngineConfig) -> Engine:
         prosody=config.prosody,
         cuda_graphs=config.cuda_graphs,
         decoder_norm=config.decoder_norm,
+        stream_heads=config.stream_heads,
     )
     if config.kind == "tiny":
         return KokoroEngine.tiny(seed=config.tiny_seed, **common)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import abc
 import hashlib
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -26,6 +26,7 @@ __all__ = [
     "ScheduleHints",
     "Engine",
     "EngineError",
+    "HeadCallback",
     "default_seed",
 ]
 
@@ -42,6 +43,10 @@ def default_seed(phonemes: str, voice: str, speed: float) -> int:
         digest_size=8,
     ).digest()
     return int.from_bytes(digest, "little") & 0x7FFF_FFFF_FFFF_FFFF
+
+
+#: ``on_head(item index, audio)``: the start of an item's audio, before the rest (``synthesize_with_heads``).
+HeadCallback = Callable[[int, np.ndarray], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +95,10 @@ class SynthesisItem:
     #: durations, phonemes) is the item's alone. Others ignore them. Not part of ``default_seed``.
     left_context: str = ""
     right_context: str = ""
+    #: The listener waits for this item's first audio (a context's first piece): an engine that can
+    #: decode an item in two parts hands over the first before making the rest
+    #: (``Engine.synthesize_with_heads``); others ignore it. Not part of ``default_seed``.
+    stream_head: bool = False
 
     def effective_seed(self) -> int:
         if self.seed is not None:
@@ -144,6 +153,13 @@ class Engine(abc.ABC):
     @abc.abstractmethod
     def synthesize(self, items: Sequence[SynthesisItem]) -> list[SynthesisResult]:
         """Synthesize a batch. Called from the engine thread only; may raise ``EngineError``."""
+
+    def synthesize_with_heads(self, items: Sequence[SynthesisItem], on_head: HeadCallback) -> list[SynthesisResult]:
+        """``synthesize``, and for items with ``stream_head`` that the engine can decode in two parts,
+        ``on_head(b, audio)`` as soon as the first part is made: float32 samples that result b's
+        audio will start with, exactly. Called on the engine thread before this returns, at most once
+        per item. The default never calls it."""
+        return self.synthesize(items)
 
     def warmup(self) -> None:  # noqa: B027 - optional hook
         """Run once on the engine thread before serving (allocate buffers, compile kernels)."""

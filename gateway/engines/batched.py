@@ -44,6 +44,7 @@ checks it against ``KModel.forward_with_tokens``.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import torch
@@ -53,12 +54,20 @@ from torch import nn
 from gateway.engines.edges import EdgeSpan, clamp_edges_batch, context_window
 from gateway.engines.prosody import f0_and_n, predict_durations
 from gateway.engines.source_noise import GeneratorNoise, SourceNoise
-from gateway.engines.voice_norms import NormSource
+from gateway.engines.voice_norms import FixedNorms, NormSource
 
-__all__ = ["BatchedAudio", "BatchedOutput", "batched_forward", "source_phase"]
+__all__ = [
+    "BatchedAudio", "BatchedOutput", "Prepared", "Window", "WINDOW_REACH_FRAMES",
+    "batched_forward", "decode_batch", "decode_windows", "prepare_batch", "source_phase",
+]
 
 # The harmonic source integrates its phase in this dtype (see ``_harmonic_source``).
 _PHASE_DTYPE = torch.float64
+#: How far, in frames, a cut window edge changes the decoder's audio (``decode_windows``), with fixed
+#: norms: measured on the offline weights, 13 frames from a cut edge the difference from the whole
+#: decode is under 2e-4 (peak 0.32), below the bfloat16 convolutions' own rounding (~2e-3); at 8
+#: frames it is ~1e-2. (benchmarks/README.md, "Sixth round".)
+WINDOW_REACH_FRAMES = 13
 
 
 class BatchedOutput(NamedTuple):
@@ -377,13 +386,25 @@ def _istft(gen: nn.Module, x: torch.Tensor, span: _Span) -> tuple[torch.Tensor, 
 
 
 def _generator(
-    gen: nn.Module, x: torch.Tensor, s: _Style, f0: torch.Tensor, span: _Span, noise: SourceNoise
+    gen: nn.Module,
+    x: torch.Tensor,
+    s: _Style,
+    f0: torch.Tensor,
+    span: _Span,
+    noise: SourceNoise,
+    source: tuple[torch.Tensor, _Span] | None = None,
 ) -> tuple[torch.Tensor, list[int]]:
-    """``Generator.forward`` on the whole batch; returns padded audio ``(B, samples)`` and lengths."""
+    """``Generator.forward`` on the whole batch; returns padded audio ``(B, samples)`` and lengths.
+
+    ``source``: the harmonic source's STFT and span when already made (a window's slice of its
+    item's, ``_decode_windows``); None: made here from ``f0`` and ``noise``."""
     device = x.device
     upsample_scale = gen.m_source.l_sin_gen.upsample_scale
-    with torch.autocast(device_type=device.type, enabled=False):
-        har, har_span = _harmonic_source(gen, f0.float(), span, noise)
+    if source is not None:
+        har, har_span = source
+    else:
+        with torch.autocast(device_type=device.type, enabled=False):
+            har, har_span = _harmonic_source(gen, f0.float(), span, noise)
     assert har_span.lengths == [n * upsample_scale // gen.stft.hop_length + 1 for n in span.lengths]
 
     for i in range(gen.num_upsamples):
@@ -424,11 +445,12 @@ def _decoder(
     halves: _Span,
     noise: SourceNoise,
     norms: NormSource | None = None,
+    source: tuple[torch.Tensor, _Span] | None = None,
 ) -> tuple[torch.Tensor, list[int]]:
     """``Decoder.forward`` with masking; ``frames`` is the alignment's axis, ``halves`` F0's.
 
     ``norms``: the ``AdaIN1d`` layers' statistics (``gateway.engines.voice_norms``); None: each
-    item's own, as Kokoro."""
+    item's own, as Kokoro. ``source``: the harmonic source, when already made (``_generator``)."""
     style = _Style(s, norms)
     f0 = dec.F0_conv(_zero_pad(f0_curve.unsqueeze(1), halves))
     n = dec.N_conv(_zero_pad(n_curve.unsqueeze(1), halves))
@@ -445,7 +467,7 @@ def _decoder(
         span = out_span
         if block.upsample_type != "none":
             res = False
-    return _generator(dec.generator, x, style, f0_curve, span, noise)
+    return _generator(dec.generator, x, style, f0_curve, span, noise, source)
 
 
 def _prosody(
@@ -610,6 +632,30 @@ class BatchedAudio(NamedTuple):
         return [self.item(b) for b in range(len(self.num_samples))]
 
 
+@dataclass(eq=False)
+class Prepared:
+    """A batch's text side and prosody, ready for its decoder (``prepare_batch``): everything that
+    reads the whole item. What is left (``decode_batch``, ``decode_windows``) reads, with fixed
+    norms, only its convolutions' reach of frames."""
+
+    durations: torch.Tensor  # (B, max tokens) int64 on the device, 0 on padding
+    num_tokens: list[int]
+    asr: torch.Tensor  # (B, C, frames.width): the text encoder's output per frame
+    f0: torch.Tensor  # (B, halves.width)
+    n_curve: torch.Tensor  # (B, halves.width)
+    s_dec: torch.Tensor  # (B, style_dim): the decoder's half of each style row
+    frames: _Span
+    halves: _Span
+    noise: SourceNoise
+    #: The harmonic source's STFT of the whole batch and its span, made on first use by
+    #: ``decode_windows`` (each window reads its slice, so its phase and noise are the item's own).
+    source: tuple[torch.Tensor, _Span] | None = None
+
+    @property
+    def num_frames(self) -> list[int]:
+        return self.frames.lengths
+
+
 @torch.inference_mode()
 def batched_forward(
     model: nn.Module,
@@ -641,7 +687,26 @@ def batched_forward(
     (``cuda_graphs.DecoderGraphs``) may run the decoder instead; when it returns None, it runs eagerly.
     ``norms`` gives the decoder's norms their statistics (``gateway.engines.voice_norms``; None: each
     item's own, as Kokoro); the graphs capture Kokoro's own, so with ``norms`` the decoder runs eagerly.
+
+    The same as ``decode_batch(model, prepare_batch(...), ...)``.
     """
+    prepared = prepare_batch(model, token_ids, ref_s, speeds, noise, per_item_prosody=per_item_prosody, edges=edges)
+    return decode_batch(model, prepared, decoder_graphs=decoder_graphs, norms=norms)
+
+
+@torch.inference_mode()
+def prepare_batch(
+    model: nn.Module,
+    token_ids: Sequence[torch.Tensor | Sequence[int]],
+    ref_s: torch.Tensor,
+    speeds: Sequence[float],
+    noise: SourceNoise | Sequence[torch.Generator],
+    *,
+    per_item_prosody: bool = False,
+    edges: Sequence[EdgeSpan | None] | None = None,
+) -> Prepared:
+    """``batched_forward``'s first half: validation, ALBERT through F0/N, the text encoder and the
+    alignment (its arguments are ``batched_forward``'s)."""
     if not isinstance(noise, SourceNoise):
         noise = GeneratorNoise(noise)
     num_items = len(token_ids)
@@ -672,12 +737,80 @@ def batched_forward(
         )
     t_en = model.text_encoder(tokens.input_ids, tokens.lengths_cpu, tokens.text_mask)
     asr = _expand(t_en, index, frames)
-    graphed = None if decoder_graphs is None or norms is not None else decoder_graphs(asr, f0_pred, n_pred, s_dec, frames, noise)
-    audio, num_samples = graphed or _decoder(model.decoder, asr, f0_pred, n_pred, s_dec, frames, halves, noise, norms)
+    return Prepared(durations, tokens.span.lengths, asr, f0_pred, n_pred, s_dec, frames, halves, noise)
 
+
+@torch.inference_mode()
+def decode_batch(
+    model: nn.Module,
+    p: Prepared,
+    *,
+    decoder_graphs: Callable[..., tuple[torch.Tensor, list[int]] | None] | None = None,
+    norms: NormSource | None = None,
+) -> BatchedAudio:
+    """``batched_forward``'s second half: every item's frames through the decoder, whole."""
+    graphed = None if decoder_graphs is None or norms is not None else decoder_graphs(p.asr, p.f0, p.n_curve, p.s_dec, p.frames, p.noise)
+    audio, num_samples = graphed or _decoder(model.decoder, p.asr, p.f0, p.n_curve, p.s_dec, p.frames, p.halves, p.noise, norms)
     samples_per_half = model.decoder.generator.m_source.l_sin_gen.upsample_scale
     # torch.istft's length, (frames - 1) * hop, is sum(durations) * 600 for Kokoro's generator.
-    expected = [n * samples_per_half for n in halves.lengths]
+    expected = [n * samples_per_half for n in p.halves.lengths]
     if num_samples != expected:
         raise AssertionError(f"samples {num_samples} != expected {expected}")
-    return BatchedAudio(audio, num_samples, durations.cpu(), tokens.span.lengths)
+    return BatchedAudio(audio, num_samples, p.durations.cpu(), p.num_tokens)
+
+
+class Window(NamedTuple):
+    """Frames ``[start, stop)`` of item ``item``'s decoder input."""
+
+    item: int
+    start: int
+    stop: int
+
+
+@torch.inference_mode()
+def decode_windows(model: nn.Module, p: Prepared, windows: Sequence[Window], norms: FixedNorms) -> list[torch.Tensor]:
+    """The audio of each window of frames, decoded as a batch of its own: ``(stop - start) * 600``
+    samples each (float32, on the model's device).
+
+    Needs fixed statistics (``norms``, one entry per item of ``p``): with them the decoder reads only
+    its convolutions' reach, so a window's audio equals its item's whole decode except within
+    ``WINDOW_REACH_FRAMES`` of a cut window edge (an item's own ends are not cut). The harmonic
+    source is made for the whole items once and sliced, so a window's phase and noise are its item's.
+    A window ``(b, 0, num_frames[b])`` is item b decoded whole.
+    """
+    if not windows:
+        return []
+    frames_of = p.num_frames
+    for w in windows:
+        if not 0 <= w.start < w.stop <= frames_of[w.item]:
+            raise ValueError(f"window {tuple(w)} outside item {w.item}'s {frames_of[w.item]} frames")
+    gen = model.decoder.generator
+    if p.source is None:
+        with torch.autocast(device_type=p.f0.device.type, enabled=False):
+            p.source = _harmonic_source(gen, p.f0.float(), p.halves, p.noise)
+    har_full = p.source[0]
+    halves_per_frame = p.halves.width // max(p.frames.width, 1)
+    assert p.halves.lengths == [n * halves_per_frame for n in frames_of], "F0 runs at a whole multiple of the frame rate"
+    up, hop = int(gen.m_source.l_sin_gen.upsample_scale), gen.stft.hop_length
+    # Source STFT frames per decoder frame: samples per frame / hop (plus one at the window's end).
+    stft_per_frame = halves_per_frame * up // hop
+    widths = [w.stop - w.start for w in windows]
+    width = max(widths)
+
+    def cut(x: torch.Tensor, start: int, stop: int, pad: int) -> torch.Tensor:
+        return F.pad(x[..., start:stop], (0, pad))
+
+    asr = torch.stack([cut(p.asr[w.item], w.start, w.stop, width - n) for w, n in zip(windows, widths)])
+    f0, n_curve = (
+        torch.stack([cut(curve[w.item], halves_per_frame * w.start, halves_per_frame * w.stop, halves_per_frame * (width - n)) for w, n in zip(windows, widths)])
+        for curve in (p.f0, p.n_curve)
+    )
+    har = torch.stack(
+        [cut(har_full[w.item], stft_per_frame * w.start, stft_per_frame * w.stop + 1, stft_per_frame * (width - n)) for w, n in zip(windows, widths)]
+    )
+    frames = _Span(widths, asr.device)
+    halves = frames.mapped(lambda n: halves_per_frame * n)
+    source = (har, halves.mapped(lambda n: n * up // hop + 1))
+    items = [w.item for w in windows]
+    audio, lengths = _decoder(model.decoder, asr, f0, n_curve, p.s_dec[items], frames, halves, p.noise, norms.select(items), source)
+    return [audio[i, :n] for i, n in enumerate(lengths)]

@@ -53,6 +53,7 @@ __all__ = [
     "without_context",
     "cut_context",
     "trim_edges",
+    "trimmed_head",
     "FADE_SAMPLES",
     "LEAD_LOOKBACK_FRAMES",
 ]
@@ -302,6 +303,51 @@ def trim_edges(
     start = (lead_frames + lead_quiet) * SAMPLES_PER_FRAME
     stop = (lead_frames + middle - tail_quiet) * SAMPLES_PER_FRAME
     return _cut(audio, start, stop, fade_samples, fade_in=bool(span.lead), fade_out=bool(span.tail)), durations
+
+
+def trimmed_head(
+    prefix: np.ndarray,
+    durations: np.ndarray,
+    span: EdgeSpan | None,
+    *,
+    fade_samples: int = FADE_SAMPLES,
+    lead_lookback: int = LEAD_LOOKBACK_FRAMES,
+) -> np.ndarray | None:
+    """The first samples of what ``cut_context`` then ``trim_edges`` make of an item's audio, from
+    the first samples of that audio alone (``prefix``; ``durations`` are the whole item's): so a
+    decoder that made only the start of an item can already send its start (``KokoroEngine``'s
+    heads). Returns a float32 array that the finished item's audio starts with exactly, or None
+    where the prefix cannot tell: a left context or a level-trimmed end (``span.left`` /
+    ``span.tail``), a prefix still quiet where the lead-in is trimmed, or less than a frame left.
+
+    It stops ``fade_samples`` before the item's own end (the right context's cut fades there).
+    """
+    if span is not None and (span.left or span.tail):
+        return None
+    durations = np.asarray(durations, dtype=np.int64)
+    n = len(durations)
+    right = span.right if span is not None else 0
+    end = int(durations[: n - 1 - right].sum()) if right else int(durations.sum())
+    limit = min(len(prefix), end * SAMPLES_PER_FRAME - (fade_samples if right else 0))
+    start = 0
+    fade = 0
+    if span is not None and span.lead:
+        # trim_edges' arithmetic on the lead-in: all but the lookback frames go, then the quiet ones
+        # (all but a margin), counted from the prefix: the quiet run must end inside it.
+        lead_frames = int(durations[: span.lead].sum())
+        lead_frames -= min(lead_frames, lead_lookback)
+        quiet = _frame_db(prefix[lead_frames * SAMPLES_PER_FRAME : limit]) < QUIET_DBFS
+        run = _run_length(quiet)
+        if run == len(quiet):
+            return None
+        start = (lead_frames + max(0, run - _LEAD_MARGIN_FRAMES)) * SAMPLES_PER_FRAME
+        fade = min(fade_samples, (end * SAMPLES_PER_FRAME - start) // 2)
+    if limit - start < SAMPLES_PER_FRAME:
+        return None
+    head = np.array(prefix[start:limit], dtype=np.float32, copy=True)
+    if fade:
+        head[:fade] *= np.linspace(0.0, 1.0, fade, endpoint=False, dtype=np.float32)
+    return head
 
 
 def _cut(audio: np.ndarray, start: int, stop: int, fade_samples: int, *, fade_in: bool, fade_out: bool) -> np.ndarray:

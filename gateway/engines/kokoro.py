@@ -16,16 +16,36 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import math
 import os
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import numpy as np
 import torch
 
-from gateway.engines.base import MAX_PHONEMES, Engine, EngineError, SynthesisItem, SynthesisResult
-from gateway.engines.batched import batched_forward
-from gateway.engines.edges import cut_context, edge_span, trim_edges
+from gateway.engines.base import (
+    MAX_PHONEMES,
+    SAMPLE_RATE,
+    SAMPLES_PER_FRAME,
+    Engine,
+    EngineError,
+    HeadCallback,
+    SynthesisItem,
+    SynthesisResult,
+)
+from gateway.engines.batched import (
+    WINDOW_REACH_FRAMES,
+    BatchedAudio,
+    Prepared,
+    Window,
+    batched_forward,
+    decode_batch,
+    decode_windows,
+    prepare_batch,
+)
+from gateway.engines.edges import LEAD_LOOKBACK_FRAMES, EdgeSpan, cut_context, edge_span, trim_edges, trimmed_head
 from gateway.engines.precision import decoder_convs_to_bf16, resolve_dtype
 from gateway.engines.source_noise import HashNoise
 from gateway.engines.voice_norms import MIN_STYLE_ROW, REFERENCE_PHONEMES, ROW_BUCKETS, FixedNorms, NormRecorder, VoiceNorms, bucket_row
@@ -39,6 +59,11 @@ DecoderNorm = Literal["voice", "instance"]
 _DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 # A short piece for warmup: a few common phonemes, every one in Kokoro's vocabulary.
 _WARMUP_PHONEMES = "həlˈoʊ wˈɜːld."
+#: A head's audio must last this many times the rest's estimated decode (measured on this CPU: the
+#: fit overestimates the rest by ~15 %, and the head's audio lasted twice its rest's decode at 1.5).
+HEAD_SAFETY = 1.2
+#: A head is made only where its first window saves at least this much decoding before first audio.
+MIN_HEAD_SAVING_S = 0.03
 
 
 def resolve_device(device: str) -> torch.device:
@@ -121,6 +146,8 @@ class KokoroEngine(Engine):
         prosody: Literal["auto", "batched", "per_item"] = "auto",
         cuda_graphs: bool = False,
         decoder_norm: DecoderNorm = "voice",
+        stream_heads: bool = True,
+        decoder_cost: tuple[float, float] | None = None,
     ) -> None:
         if not voices:
             raise ValueError("at least one voice pack is needed")
@@ -151,6 +178,10 @@ class KokoroEngine(Engine):
         # gateway.engines.voice_norms); "instance": each item's own, Kokoro's arithmetic exactly.
         self.decoder_norm: DecoderNorm = decoder_norm
         self._voice_norms: dict[tuple[int, int], VoiceNorms] = {}
+        # Heads need fixed statistics (a window of an item decodes as the whole only with them) and
+        # the decoder's cost, measured at warmup unless given: (seconds per call, seconds per frame).
+        self.stream_heads = stream_heads and decoder_norm == "voice"
+        self.decoder_cost: tuple[float, float] | None = decoder_cost
         self._apply_threads()
         self.model = _bake_weight_norm(model.to(self.device).eval())
         if self.device.type == "cpu" and self.dtype == "bfloat16":
@@ -206,6 +237,15 @@ class KokoroEngine(Engine):
         ``result.phonemes`` is the phoneme string actually spoken (characters outside the
         vocabulary dropped), so ``len(result.durations) == len(result.phonemes) + 2`` holds.
         """
+        return self._synthesize(items, None)
+
+    def synthesize_with_heads(self, items: Sequence[SynthesisItem], on_head: HeadCallback) -> list[SynthesisResult]:
+        """``synthesize``; an item with ``stream_head`` whose decode is long enough to be worth two
+        parts (``_head_frames``) is decoded in two windows of frames, and the start of its audio goes
+        to ``on_head`` before the second is made (``gateway.engines.batched.decode_windows``)."""
+        return self._synthesize(items, on_head if self.stream_heads else None)
+
+    def _synthesize(self, items: Sequence[SynthesisItem], on_head: HeadCallback | None) -> list[SynthesisResult]:
         if not items:
             return []
         if len(items) > self.max_batch_size:
@@ -242,12 +282,19 @@ class KokoroEngine(Engine):
             edges.append(dataclasses.replace(span, joint=len(left) - len(left.rstrip(" "))))
         rows = torch.tensor(voice_rows, dtype=torch.long, device=self.device)
         ref_s = self._packs[rows[:, 0], rows[:, 1], 0]
+        fixed = FixedNorms(norms) if norms else None
+        heads: dict[int, np.ndarray] = {}
         try:
             with self._autocast():
-                out = batched_forward(
-                    self.model, token_ids, ref_s, speeds, HashNoise(seeds), per_item_prosody=self.per_item_prosody, edges=edges,
-                    decoder_graphs=self.decoder_graphs, norms=FixedNorms(norms) if norms else None,
+                prepared = prepare_batch(
+                    self.model, token_ids, ref_s, speeds, HashNoise(seeds), per_item_prosody=self.per_item_prosody, edges=edges
                 )
+                plan = self._plan_heads(items, prepared, edges) if on_head is not None and fixed is not None else {}
+                if plan:
+                    assert on_head is not None and fixed is not None
+                    out = self._decode_in_two(prepared, fixed, plan, edges, on_head, heads)
+                else:
+                    out = decode_batch(self.model, prepared, decoder_graphs=self.decoder_graphs, norms=fixed)
         except ValueError as exc:
             raise EngineError(str(exc)) from exc
         # One device-to-host copy for the batch; the per-item cuts are numpy views.
@@ -264,8 +311,90 @@ class KokoroEngine(Engine):
                 extra["edges_trimmed"] = (span.lead > 0, span.tail > 0)
             if span.left or span.right:
                 extra["context_tokens"] = (span.left, span.right)
+            head = heads.get(b)
+            if head is not None:
+                extra["head_samples"] = len(head)
+                if not np.array_equal(audio_b[: len(head)], head):
+                    # trimmed_head and trim_edges disagree: a bug, and the listener heard the head.
+                    logger.error("item %d: its audio does not start with the head sent before it", b)
             results.append(SynthesisResult(audio=audio_b, durations=durations_b, phonemes=kept, extra=extra))
         return results
+
+    def _plan_heads(self, items: Sequence[SynthesisItem], prepared: Prepared, edges: Sequence[EdgeSpan]) -> dict[int, int]:
+        """Item -> frames to decode first, for the items that ask for a head and gain by one."""
+        if self.decoder_cost is None or not any(item.stream_head for item in items):
+            return {}
+        durations = prepared.durations.cpu().numpy()
+        plan = {}
+        for b, item in enumerate(items):
+            if item.stream_head:
+                frames = self._head_frames(durations[b, : prepared.num_tokens[b]], edges[b])
+                if frames:
+                    plan[b] = frames
+        return plan
+
+    def _head_frames(self, durations: np.ndarray, span: EdgeSpan) -> int:
+        """Frames of an item's decoder input to decode first (0: decode it whole).
+
+        The head's audio must last while the rest is decoded, so that playback does not stall:
+        with the decoder's measured cost (``decoder_cost``: fixed seconds per call and seconds per
+        frame), the least ``E`` with ``(E - lead) * 25 ms >= HEAD_SAFETY * cost(frames - E + reach)``,
+        where ``lead`` is the lead-in cut from the start. Worth it only where the first window
+        saves at least ``MIN_HEAD_SAVING_S`` and ends inside the item's own phonemes.
+        """
+        assert self.decoder_cost is not None
+        if not span.right or span.left or span.tail:
+            return 0  # trimmed_head can tell the start of such items only
+        fixed_s, per_frame_s = self.decoder_cost
+        total = int(durations.sum())
+        own = int(durations[: len(durations) - 1 - span.right].sum())
+        # The lead-in's frames, but its last few (the first consonant's onset), are cut from the audio.
+        lead = max(0, int(durations[: span.lead].sum()) - LEAD_LOOKBACK_FRAMES)
+        reach = WINDOW_REACH_FRAMES
+        frame_s = SAMPLES_PER_FRAME / SAMPLE_RATE
+        first = math.ceil((frame_s * lead + HEAD_SAFETY * (fixed_s + per_frame_s * (total + reach))) / (frame_s + HEAD_SAFETY * per_frame_s))
+        if first >= own or per_frame_s * (total - first - reach) < MIN_HEAD_SAVING_S:
+            return 0
+        return first
+
+    def _decode_in_two(
+        self,
+        prepared: Prepared,
+        norms: FixedNorms,
+        plan: Mapping[int, int],
+        edges: Sequence[EdgeSpan],
+        on_head: HeadCallback,
+        heads: dict[int, np.ndarray],
+    ) -> BatchedAudio:
+        """The items in ``plan`` decoded in two windows (their first frames, with the decoder's reach
+        after them, and the rest, with its reach before), the others whole in the second pass.
+
+        Each head goes to ``on_head`` (and into ``heads``) between the passes. The audio is each
+        first window's frames joined to the second's: within ~2e-4 of a whole decode
+        (``WINDOW_REACH_FRAMES``), and exactly what the heads were cut from.
+        """
+        reach = WINDOW_REACH_FRAMES
+        frames = prepared.num_frames
+        durations = prepared.durations.cpu()
+        firsts = decode_windows(self.model, prepared, [Window(b, 0, min(n + reach, frames[b])) for b, n in plan.items()], norms)
+        for (b, n), first in zip(plan.items(), firsts):
+            prefix = first[: n * SAMPLES_PER_FRAME].float().cpu().numpy()
+            head = trimmed_head(prefix, durations[b, : prepared.num_tokens[b]].numpy(), edges[b])
+            if head is not None:
+                heads[b] = head
+                on_head(b, head)
+        starts = [max(0, plan[b] - reach) if b in plan else 0 for b in range(len(frames))]
+        rests = decode_windows(self.model, prepared, [Window(b, start, frames[b]) for b, start in enumerate(starts)], norms)
+        audio = torch.zeros(len(frames), max(frames) * SAMPLES_PER_FRAME, dtype=torch.float32, device=self.device)
+        firsts_of = dict(zip(plan, firsts))
+        for b, rest in enumerate(rests):
+            if b in plan:
+                cut = plan[b] * SAMPLES_PER_FRAME
+                joined = torch.cat([firsts_of[b][:cut].float(), rest[cut - starts[b] * SAMPLES_PER_FRAME :].float()])
+            else:
+                joined = rest.float()
+            audio[b, : len(joined)] = joined
+        return BatchedAudio(audio, [n * SAMPLES_PER_FRAME for n in frames], durations, prepared.num_tokens)
 
     def warmup(self) -> None:
         """Run one short batch (allocations, kernel selection) and settle ``preferred_batch_size``.
@@ -280,6 +409,9 @@ class KokoroEngine(Engine):
             # inside the first requests (~3 s each on a 2-core CPU).
             for row in ROW_BUCKETS:
                 self._norms_of(0, row)
+            if self.stream_heads and self.decoder_cost is None:
+                self.decoder_cost = self._measure_decoder_cost()
+                logger.info("decoder cost: %.1f ms per call + %.2f ms per frame", *(1000 * t for t in self.decoder_cost))
         if self._preferred is None and self.device.type == "cuda" and self.max_batch_size > 1:
             from gateway.engines.probe import default_sizes, probe_batch_sizes
 
@@ -306,6 +438,8 @@ class KokoroEngine(Engine):
             per_item_prosody=self.per_item_prosody,
             cuda_graphs=self.decoder_graphs is not None,
             decoder_norm=self.decoder_norm,
+            stream_heads=self.stream_heads,
+            decoder_ms=None if self.decoder_cost is None else {"per_call": round(1000 * self.decoder_cost[0], 2), "per_frame": round(1000 * self.decoder_cost[1], 3)},
         )
         return info
 
@@ -345,6 +479,32 @@ class KokoroEngine(Engine):
         norms = self._voice_norms[(index, bucket)] = recorder.result()
         logger.info("decoder statistics measured for voice %d of %d at style row %d", index + 1, len(self._voice_index), bucket)
         return norms
+
+    def _measure_decoder_cost(self) -> tuple[float, float]:
+        """The decoder's cost on this device, fitted from a short and a long window of the first
+        reference sentence (best of three each): (seconds per call, seconds per frame)."""
+        kept = self._in_vocab(REFERENCE_PHONEMES[0])[: min(MAX_PHONEMES, self._context)]
+        row = min(max(len(kept), MIN_STYLE_ROW), self._packs.shape[1] - 1)
+        with self._autocast():
+            prepared = prepare_batch(
+                self.model, [[0, *(self._vocab[ch] for ch in kept), 0]], self._packs[0, row, 0][None], [1.0], HashNoise([0]),
+                per_item_prosody=self.per_item_prosody,
+            )
+            norms = FixedNorms([self._norms_of(0, row)])
+            total = prepared.num_frames[0]
+            short, long = min(16, total), min(64, total)
+
+            def best(frames: int) -> float:
+                times = []
+                for _ in range(3):
+                    started = time.perf_counter()
+                    decode_windows(self.model, prepared, [Window(0, 0, frames)], norms)[0].sum().item()
+                    times.append(time.perf_counter() - started)
+                return min(times)
+
+            t_short, t_long = best(short), best(long)
+        per_frame = max(0.0, (t_long - t_short) / max(long - short, 1))
+        return max(0.0, t_short - per_frame * short), per_frame
 
     def _in_vocab(self, phonemes: str) -> str:
         return "".join(ch for ch in phonemes if ch in self._vocab)

@@ -106,6 +106,10 @@ class FixedNorms:
         self._voices = list(voices)
         self._stacked: dict[nn.Module, tuple[torch.Tensor, torch.Tensor]] = {}
 
+    def select(self, items: Sequence[int]) -> FixedNorms:
+        """The statistics of a batch made of items ``items`` of this one (in that order)."""
+        return FixedNorms([self._voices[b] for b in items])
+
     def statistics(self, layer: nn.Module, x: torch.Tensor, lengths: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
         stacked = self._stacked.get(layer)
         if stacked is None:

@@ -16,7 +16,7 @@ from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.engines.base import Engine, EngineError, SynthesisItem, SynthesisResult
+from gateway.engines.base import Engine, EngineError, HeadCallback, SynthesisItem, SynthesisResult
 from gateway.engines.facts import EngineFacts
 from gateway.errors import EngineFailed
 from gateway.text.seams import with_context
@@ -78,32 +78,38 @@ class EngineWorker:
     def alive(self) -> bool:
         return self.ready and self.failed_batches_in_row < MAX_CONSECUTIVE_FAILURES
 
-    def submit(self, items: Sequence[SynthesisItem]) -> concurrent.futures.Future[BatchOutcome]:
-        return self._executor.submit(self._run, list(items))
+    def submit(self, items: Sequence[SynthesisItem], on_head: HeadCallback | None = None) -> concurrent.futures.Future[BatchOutcome]:
+        """Run a batch on the engine thread. ``on_head`` (called there) receives the starts of items
+        the engine decodes in two parts (``Engine.synthesize_with_heads``)."""
+        return self._executor.submit(self._run, list(items), on_head)
 
     def run_blocking(self, items: Sequence[SynthesisItem]) -> BatchOutcome:
         """Same as ``submit(items).result()``: for CLI tools and benchmarks that own no event loop."""
         return self.submit(items).result()
 
-    def _run(self, items: list[SynthesisItem]) -> BatchOutcome:
+    def _run(self, items: list[SynthesisItem], on_head: HeadCallback | None = None) -> BatchOutcome:
         assert self.engine is not None, "engine not loaded"
-        outcome = self._synthesize(items)
+        outcome = self._synthesize(items, on_head)
         if all(isinstance(r, EngineFailed) for r in outcome):
             self.failed_batches_in_row += 1
         else:
             self.failed_batches_in_row = 0
         return outcome
 
-    def _synthesize(self, items: list[SynthesisItem]) -> BatchOutcome:
+    def _synthesize(self, items: list[SynthesisItem], on_head: HeadCallback | None = None) -> BatchOutcome:
         assert self.engine is not None
         try:
-            return list(self.engine.synthesize(items))
+            if on_head is None:
+                return list(self.engine.synthesize(items))
+            return list(self.engine.synthesize_with_heads(items, on_head))
         except Exception as exc:
             if len(items) > 1 and _is_out_of_memory(exc):
                 logger.warning("engine out of memory on a batch of %d; splitting", len(items))
                 self._free_cache()
                 half = len(items) // 2
-                return self._synthesize(items[:half]) + self._synthesize(items[half:])
+                second = None if on_head is None else _shifted(on_head, half)
+                return self._synthesize(items[:half], on_head) + self._synthesize(items[half:], second)
+            # A retry sends no heads: one may have gone out already, and the session keeps the first.
             if len(items) > 1:
                 logger.warning("batch of %d failed (%s); retrying items one by one", len(items), type(exc).__name__)
                 return [self._solo(item) for item in items]
@@ -140,6 +146,11 @@ class EngineWorker:
             logger.warning("engine close failed", exc_info=True)
         self._executor.shutdown(wait=True, cancel_futures=True)
         self.ready = False
+
+
+def _shifted(on_head: HeadCallback, offset: int) -> HeadCallback:
+    """``on_head`` for the second part of a split batch: its indices are ``offset`` further on."""
+    return lambda index, audio: on_head(index + offset, audio)
 
 
 def _client_message(exc: BaseException) -> str:
