@@ -37,11 +37,9 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs
 
-import numpy as np
-
 from gateway.access import authenticated, check_access, credential_digest
 from gateway.config import Config
-from gateway.engines.base import ScheduleHints, SynthesisItem
+from gateway.engines.base import Head, ScheduleHints, SynthesisItem
 from gateway.errors import CloseCode, EngineFailed, ProtocolError, SessionRefused
 from gateway.metrics import Metrics
 from gateway.protocol import SAMPLE_RATE, STREAM_PATH, context_id_of, dumps
@@ -405,13 +403,14 @@ class Hub:
                 trim_end=trim,
                 left_context=p.left_context,
                 right_context=p.right_context,
-                stream_head=_wants_head(p),
+                # A context's first piece is sent as soon as its start is made (an engine's head).
+                stream_head=p.is_first,
             )
             for p in batch.pieces
         ]
         return BatchJob(batch, items)
 
-    def piece_head(self, job: BatchJob, index: int, audio: np.ndarray, now: float) -> None:
+    def piece_head(self, job: BatchJob, index: int, head: Head, now: float) -> None:
         """The engine made the start of item ``index`` of the running ``job`` ahead of the rest (a
         head): to its session, unless the piece was cancelled meanwhile."""
         if not 0 <= index < len(job.batch.pieces):
@@ -419,8 +418,8 @@ class Hub:
         piece = job.batch.pieces[index]
         if piece.status is not PieceStatus.RUNNING:
             return
-        entry, request, part, _ = piece.payload
-        if entry.session.receive_head(request, part, audio, now):
+        entry, request, part, phoneme_piece = piece.payload
+        if entry.session.receive_head(request, part, head, now, words=phoneme_piece.words):
             self.metrics.piece_heads.inc()
         self._pump(entry)
 
@@ -619,14 +618,6 @@ def schedule_hints(piece: Piece, now: float) -> ScheduleHints:
         due_in_s=due - now,
         start_within_s=None if piece.start_deadline is None else piece.start_deadline - now,
     )
-
-
-def _wants_head(piece: Piece) -> bool:
-    """A context's first piece is sent as soon as its start is made (an engine's head), unless the
-    context asked for word timings: those go out with a piece's result, and a lip-sync client needs
-    them before the audio they describe."""
-    _, request, _, _ = piece.payload
-    return piece.is_first and not request.context.settings.alignment
 
 
 def _playback_deadline(context: Context, audio_before_s: float) -> Callable[[], float]:

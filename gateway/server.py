@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
-import numpy as np
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
@@ -29,6 +28,7 @@ from websockets.http11 import Request, Response
 from gateway.adapters import find_adapter, serve_adapter
 from gateway.config import Config
 from gateway.engines import Engine, create_engine
+from gateway.engines.base import Head
 from gateway.engines.facts import EngineFacts
 from gateway.engines.worker import EngineWorker, G2PWorker
 from gateway.errors import CloseCode
@@ -443,9 +443,9 @@ class Gateway:
         started = time.perf_counter()
         loop = asyncio.get_running_loop()
 
-        def on_head(index: int, audio: np.ndarray) -> None:
+        def on_head(index: int, head: Head) -> None:
             # The engine thread: the head goes to the loop, ahead of the batch's result (FIFO).
-            loop.call_soon_threadsafe(self._deliver_head, job, index, audio)
+            loop.call_soon_threadsafe(self._deliver_head, job, index, head)
 
         wants_heads = any(item.stream_head for item in job.items)
         try:
@@ -462,10 +462,10 @@ class Gateway:
             self.hub.batch_done(job, outcome, now)
         self._carry_out()
 
-    def _deliver_head(self, job: BatchJob, index: int, audio: np.ndarray) -> None:
+    def _deliver_head(self, job: BatchJob, index: int, head: Head) -> None:
         assert self.hub is not None
         try:
-            self.hub.piece_head(job, index, audio, asyncio.get_running_loop().time())
+            self.hub.piece_head(job, index, head, asyncio.get_running_loop().time())
         except Exception:
             # A bug, not a client's doing: the piece's result still carries all of its audio.
             logger.error("delivering a head failed", exc_info=True)

@@ -34,7 +34,7 @@ from gateway.codecs import check_packet_format
 from gateway.config import SegmenterConfig, SessionConfig
 from gateway.context import Context, ContextState, PieceRequest, Settings, _OutFrame, _OutMessage
 from gateway.engine_cost import EngineCost
-from gateway.engines.base import SAMPLE_RATE, SynthesisResult
+from gateway.engines.base import SAMPLE_RATE, Head, SynthesisResult
 from gateway.errors import CloseCode, InvalidState, LimitExceeded, ProtocolError, VoxgateError
 from gateway.guard import ReplayBuffer, Verdict, ViolationGuard
 from gateway.ratelimit import TokenBucket
@@ -240,10 +240,10 @@ class Session:
             result.extra["words"] = words
         self._drain_results(context, now)
 
-    def receive_head(self, request: PieceRequest, part: int, audio: np.ndarray, now: float) -> bool:
+    def receive_head(self, request: PieceRequest, part: int, head: Head, now: float, words: Sequence[Any] = ()) -> bool:
         """The start of a part's audio, ahead of its result (``Engine.synthesize_with_heads``): sent
-        at once when the part is next in speaking order (else it waits for its result as usual).
-        Returns whether it was sent."""
+        at once, with the part's alignment (its timings are final already), when the part is next in
+        speaking order; else it waits for its result as usual. Returns whether it was sent."""
         context = request.context
         if context.session is not self:
             raise InvalidState("audio routed to a session that does not own the context")
@@ -252,8 +252,10 @@ class Session:
             return False
         if (context.next_ordinal, context.next_part) != key or request.ordinal not in context.parts:
             return False
-        context.head_samples[key] = len(audio)
-        for frame in context.encoder.push(audio):
+        context.head_samples[key] = len(head.audio)
+        if context.settings.alignment:
+            self._enqueue_alignment(context, words, head.phonemes, head.durations)
+        for frame in context.encoder.push(head.audio):
             self._enqueue_frame(context, frame, now)
         return True
 
@@ -583,7 +585,7 @@ class Session:
                     return
                 result = context.results.pop(key)
                 if result is not None:
-                    self._emit_audio(context, result, now, sent=context.head_samples.pop(key, 0))
+                    self._emit_audio(context, result, now, head=context.head_samples.pop(key, None))
                 context.next_part += 1
                 continue
             del context.parts[context.next_ordinal]
@@ -592,27 +594,30 @@ class Session:
         if context.state is ContextState.CLOSING and not context.has_unresolved_pieces:
             self._finish_context(context, ContextState.DONE, now)
 
-    def _emit_audio(self, context: Context, result: SynthesisResult, now: float, *, sent: int = 0) -> None:
-        """A part's result, in speaking order: its alignment, then its audio but the ``sent``
-        samples that went out ahead of it (``receive_head``)."""
+    def _emit_audio(self, context: Context, result: SynthesisResult, now: float, *, head: int | None = None) -> None:
+        """A part's result, in speaking order: its alignment, then its audio; when a head of it went
+        out before (``receive_head``: ``head`` samples, with the alignment), only the rest."""
         result = with_pause(result, self._pauses)
-        if context.settings.alignment:
-            words = result.extra.get("words", ())
-            offset_ms = context.source_samples * 1000.0 / SAMPLE_RATE
-            aligned_words, phonemes = piece_alignment(words, result.phonemes, result.durations, offset_ms)
-            self._enqueue_message(
-                context,
-                lambda: {
-                    "type": "alignment",
-                    "context_id": context.context_id,
-                    "words": aligned_words,
-                    "phonemes": phonemes,
-                },
-                purge_on_cancel=True,
-            )
+        if context.settings.alignment and head is None:
+            self._enqueue_alignment(context, result.extra.get("words", ()), result.phonemes, result.durations)
         context.source_samples += len(result.audio)
-        for frame in context.encoder.push(result.audio[sent:]):
+        for frame in context.encoder.push(result.audio[head or 0 :]):
             self._enqueue_frame(context, frame, now)
+
+    def _enqueue_alignment(self, context: Context, words: Sequence[Any], phonemes: str, durations: np.ndarray) -> None:
+        """The word and phoneme timings of the part whose audio goes out next."""
+        offset_ms = context.source_samples * 1000.0 / SAMPLE_RATE
+        aligned_words, phoneme_times = piece_alignment(words, phonemes, durations, offset_ms)
+        self._enqueue_message(
+            context,
+            lambda: {
+                "type": "alignment",
+                "context_id": context.context_id,
+                "words": aligned_words,
+                "phonemes": phoneme_times,
+            },
+            purge_on_cancel=True,
+        )
 
     def _enqueue_frame(self, context: Context, samples: np.ndarray, now: float) -> None:
         flags = FrameFlags.FIRST if context.samples_out == 0 and context.last_frame is None else FrameFlags.NONE

@@ -11,7 +11,6 @@ once. Timings are the benchmark's business (``voxgate bench quality``), never as
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 from typing import Any
 
 import numpy as np
@@ -19,16 +18,17 @@ import pytest
 import torch
 
 from gateway.engines import batched as B
-from gateway.engines.base import SynthesisItem, SynthesisResult
+from gateway.engines.base import Head, SynthesisItem, SynthesisResult
 from gateway.engines.edges import EdgeSpan, cut_context, trim_edges, trimmed_head
 from gateway.engines.kokoro import KokoroEngine
 from gateway.engines.source_noise import HashNoise
 from gateway.engines.tiny import make_tiny_kmodel, make_tiny_voices
 from gateway.engines.voice_norms import FixedNorms, NormRecorder
 from tests.test_batched_forward import one_thread  # noqa: F401 - an autouse fixture
-from tests.test_server import SERVER, assert_gap_free, http_get, metric, speak
+from tests.test_server import SERVER, assert_gap_free, http_get, metric, msg
 from tests.test_session import drain, frames, make_session, messages, send
-from tests.utils import run_server
+from gateway.text.g2p_split import WordSpan
+from tests.utils import done_contexts, run_client, run_server
 
 PHONEMES = "ðə kwˈɪk bɹˈWn fˈɑks ʤˈʌmpt ˈOvəɹ ðə lˈAzi dˈɔɡ"
 # A decoder cost that makes a head pay for the tiny model's items: 10 ms per 25 ms frame.
@@ -95,13 +95,14 @@ def test_the_head_is_exactly_the_start_of_the_trimmed_audio(quiet) -> None:
     durations = np.array([12, 3, 4, 2, 5, 3, 4, 2, 3, 5, 4, 3, 3, 2, 0])
     span = EdgeSpan(lead=1, tail=0, left=0, right=3)
     audio = speech(int(durations.sum()), quiet)
-    finished = trim_edges(*cut_context(audio, durations, span), span)[0]
+    finished, final_durations = trim_edges(*cut_context(audio, durations, span), span)
     heads = [trimmed_head(audio[:n], durations, span) for n in range(600, len(audio) + 1, 300)]
     told = [h for h in heads if h is not None]
     assert told, "some prefix must tell the start"
-    for head in told:
+    for head, head_durations in told:
         assert len(head) <= len(finished) - 120  # never into the fade before the right context
         assert np.array_equal(finished[: len(head)], head)
+        assert np.array_equal(final_durations, head_durations)
 
 
 def test_no_head_where_the_prefix_cannot_tell() -> None:
@@ -121,12 +122,13 @@ def head_item(phonemes: str = PHONEMES, **fields: Any) -> SynthesisItem:
 def test_the_engine_sends_a_head_its_result_starts_with_and_the_rest_as_decoded_whole() -> None:
     engine = KokoroEngine.tiny(seed=0, num_threads=1, max_batch_size=4, decoder_cost=SLOW_ENOUGH)
     other = SynthesisItem("hˈɛloʊ ðɛɹ, maɪ fɹˈɛnd", "af_heart", trim_start=True, trim_end=True)
-    heads: list[tuple[int, np.ndarray]] = []
-    results = engine.synthesize_with_heads([other, head_item()], lambda b, audio: heads.append((b, audio)))
+    heads: list[tuple[int, Head]] = []
+    results = engine.synthesize_with_heads([other, head_item()], lambda b, head: heads.append((b, head)))
     assert [b for b, _ in heads] == [1]
     head = heads[0][1]
-    assert 0 < len(head) < len(results[1].audio) and results[1].extra["head_samples"] == len(head)
-    assert np.array_equal(results[1].audio[: len(head)], head)
+    assert 0 < len(head.audio) < len(results[1].audio) and results[1].extra["head_samples"] == len(head.audio)
+    assert np.array_equal(results[1].audio[: len(head.audio)], head.audio)
+    assert np.array_equal(results[1].durations, head.durations) and results[1].phonemes == head.phonemes
     # Each result as the item's own whole decode (the plain path), within float rounding.
     for item, result in zip([other, head_item()], results):
         alone = engine.synthesize([item])[0]
@@ -150,13 +152,16 @@ def test_the_engine_sends_a_head_its_result_starts_with_and_the_rest_as_decoded_
 def test_no_head_where_it_would_not_pay_or_was_not_asked_for(engine_args, item) -> None:
     engine = KokoroEngine.tiny(seed=0, num_threads=1, **engine_args)
     heads: list[int] = []
-    result = engine.synthesize_with_heads([item], lambda b, audio: heads.append(b))[0]
+    result = engine.synthesize_with_heads([item], lambda b, head: heads.append(b))[0]
     assert heads == [] and "head_samples" not in result.extra
 
 
-def session_with_pieces(text: str) -> tuple[Any, list[Any]]:
+def session_with_pieces(text: str, *, alignment: bool = False) -> tuple[Any, list[Any]]:
     s = make_session()
     drain(s)
+    if alignment:
+        send(s, type="session.update", alignment=True)
+        drain(s)
     send(s, type="text", context_id="c", text=text)
     send(s, type="flush", context_id="c", final=True)
     requests = s.pieces_to_schedule()
@@ -167,28 +172,37 @@ def session_with_pieces(text: str) -> tuple[Any, list[Any]]:
 
 def result_of(samples: int, seed: int) -> SynthesisResult:
     audio = speech(samples // 600, 0, seed)[:samples]
-    return SynthesisResult(audio=audio, durations=np.array([0, samples // 600, 0]), phonemes="x")
+    return SynthesisResult(audio=audio, durations=np.array([1, samples // 600 - 3, 2, 0]), phonemes="xy")
 
 
-def test_the_session_sends_a_head_at_once_and_then_only_the_rest() -> None:
-    with_head, without = (session_with_pieces("Hello there, my friend. How are you doing today?") for _ in range(2))
-    results = [result_of(600 * (20 + 5 * i), i) for i in range(len(with_head[1]))]
-    s, requests = with_head
-    assert s.receive_head(requests[0], 0, results[0].audio[:4800], 0.0)
-    early = frames(drain(s))
-    assert sum(len(p) // 2 for _, p in early) == 4800  # the head's audio left before its result came
-    assert not s.receive_head(requests[0], 0, results[0].audio[:4800], 0.0)  # once
-    assert len(requests) >= 2 and not s.receive_head(requests[1], 0, results[1].audio[:600], 0.0)  # not next
+def head_of(result: SynthesisResult, samples: int) -> Head:
+    return Head(audio=result.audio[:samples], durations=result.durations, phonemes=result.phonemes)
+
+
+WORDS = [WordSpan("x", 0, 1), WordSpan("y", 1, 2)]
+
+
+@pytest.mark.parametrize("alignment", [False, True])
+def test_the_session_sends_a_head_at_once_and_then_only_the_rest(alignment) -> None:
+    text = "Hello there, my friend. How are you doing today?"
+    (s, requests), (plain_session, plain_requests) = (session_with_pieces(text, alignment=alignment) for _ in range(2))
+    results = [result_of(600 * (20 + 5 * i), i) for i in range(len(requests))]
+    assert s.receive_head(requests[0], 0, head_of(results[0], 4800), 0.0, words=WORDS)
+    early = drain(s)
+    assert sum(len(p) // 2 for _, p in frames(early)) == 4800  # the head's audio left before its result came
+    assert len(messages(early, "alignment")) == int(alignment)  # with its timings, before its audio
+    assert not s.receive_head(requests[0], 0, head_of(results[0], 4800), 0.0)  # once
+    assert len(requests) >= 2 and not s.receive_head(requests[1], 0, head_of(results[1], 600), 0.0)  # not next
     for request, result in zip(requests, results):
-        s.receive_audio(request, 0, result, 0.0)
+        s.receive_audio(request, 0, result, 0.0, words=WORDS)
     out = early + drain(s)
-    plain_session, plain_requests = without
     for request, result in zip(plain_requests, results):
-        plain_session.receive_audio(request, 0, result, 0.0)
+        plain_session.receive_audio(request, 0, result, 0.0, words=WORDS)
     plain = drain(plain_session)
-    assert b"".join(p for _, p in frames(out)) == b"".join(p for _, p in frames(plain))
-    assert [h.seq for h, _ in frames(out)] == list(range(len(frames(out))))
-    assert messages(out, "context.done")[0]["audio_ms"] == messages(plain, "context.done")[0]["audio_ms"]
+    # The same messages and frames, in the same order (the head's frames are the result's first).
+    assert [o if isinstance(o, dict) else (o[0].seq, o[0].sample_offset, o[1]) for o in out] == [
+        o if isinstance(o, dict) else (o[0].seq, o[0].sample_offset, o[1]) for o in plain
+    ]
 
 
 def tiny_factory(**kwargs: Any) -> Any:
@@ -197,10 +211,17 @@ def tiny_factory(**kwargs: Any) -> Any:
 
 async def test_through_the_server_a_first_piece_streams_its_head_and_sounds_the_same() -> None:
     text = "The quick brown fox jumped over the lazy dog near the old stone bridge."
+
+    async def script(ws: Any) -> None:
+        await ws.send(msg(type="session.update", alignment=True))
+        for word in text.split(" "):
+            await ws.send(msg(type="text", context_id="c", text=word + " "))
+        await ws.send(msg(type="flush", context_id="c", final=True))
+
     runs = {}
     for heads, factory in (("on", tiny_factory(decoder_cost=SLOW_ENOUGH)), ("off", tiny_factory())):
         async with run_server(SERVER, engine_factory=factory) as gw:
-            runs[heads] = await speak(f"ws://127.0.0.1:{gw.port}/v1/stream", text)
+            runs[heads] = await run_client(f"ws://127.0.0.1:{gw.port}/v1/stream", script, until=done_contexts(1), timeout=120)
             sent = metric((await asyncio.to_thread(http_get, gw.port, "/metrics"))[1].decode(), "voxgate_piece_heads_total")
         assert sent == (1.0 if heads == "on" else 0.0)
     on, off = runs["on"], runs["off"]
@@ -208,18 +229,4 @@ async def test_through_the_server_a_first_piece_streams_its_head_and_sounds_the_
     a, b = on.audio().astype(np.int32), off.audio().astype(np.int32)
     assert len(a) == len(b) and np.abs(a - b).max() <= 2  # int16 rounding of ~1e-7 differences
     assert on.of_type("context.done")[0]["audio_ms"] == off.of_type("context.done")[0]["audio_ms"] == pytest.approx(len(a) / 24)
-
-
-def test_a_context_that_wants_word_timings_gets_no_head() -> None:
-    """Alignment goes out with a piece's result, before its audio; a head would come before both."""
-    from gateway.hub import _wants_head
-
-    s, requests = session_with_pieces("Hello there, my friend. How are you doing today?")
-    piece = dataclasses.make_dataclass("P", ["payload", "is_first"])
-    assert _wants_head(piece((None, requests[0], 0, None), True))
-    assert not _wants_head(piece((None, requests[1], 0, None), False))
-    send(s, type="session.update", alignment=True)
-    send(s, type="text", context_id="d", text="Timed words.")
-    send(s, type="flush", context_id="d", final=True)
-    timed = s.pieces_to_schedule()[0]
-    assert not _wants_head(piece((None, timed, 0, None), True))
+    assert on.of_type("alignment") == off.of_type("alignment") and on.of_type("alignment")

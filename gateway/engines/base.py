@@ -26,6 +26,7 @@ __all__ = [
     "ScheduleHints",
     "Engine",
     "EngineError",
+    "Head",
     "HeadCallback",
     "default_seed",
 ]
@@ -45,8 +46,6 @@ def default_seed(phonemes: str, voice: str, speed: float) -> int:
     return int.from_bytes(digest, "little") & 0x7FFF_FFFF_FFFF_FFFF
 
 
-#: ``on_head(item index, audio)``: the start of an item's audio, before the rest (``synthesize_with_heads``).
-HeadCallback = Callable[[int, np.ndarray], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +120,24 @@ class SynthesisResult:
     extra: dict[str, object] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True)
+class Head:
+    """The start of an item's result, made before the rest (``Engine.synthesize_with_heads``).
+
+    ``audio`` is what the result's audio will start with, exactly; ``durations`` and ``phonemes``
+    are the finished result's already (its timings are known before all of its audio is), so
+    ``len(audio) < durations.sum() * 600``.
+    """
+
+    audio: np.ndarray  # float32, mono, SAMPLE_RATE
+    durations: np.ndarray
+    phonemes: str
+
+
+#: ``on_head(item index, head)``: called on the engine thread (``synthesize_with_heads``).
+HeadCallback = Callable[[int, Head], None]
+
+
 class EngineError(Exception):
     """Raised by an engine when a batch cannot be synthesized; fails only that batch."""
 
@@ -156,9 +173,9 @@ class Engine(abc.ABC):
 
     def synthesize_with_heads(self, items: Sequence[SynthesisItem], on_head: HeadCallback) -> list[SynthesisResult]:
         """``synthesize``, and for items with ``stream_head`` that the engine can decode in two parts,
-        ``on_head(b, audio)`` as soon as the first part is made: float32 samples that result b's
-        audio will start with, exactly. Called on the engine thread before this returns, at most once
-        per item. The default never calls it."""
+        ``on_head(b, head)`` as soon as the first part is made (``Head``: the samples result b's audio
+        will start with, and its timings). Called on the engine thread before this returns, at most
+        once per item. The default never calls it."""
         return self.synthesize(items)
 
     def warmup(self) -> None:  # noqa: B027 - optional hook

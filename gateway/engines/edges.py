@@ -312,15 +312,19 @@ def trimmed_head(
     *,
     fade_samples: int = FADE_SAMPLES,
     lead_lookback: int = LEAD_LOOKBACK_FRAMES,
-) -> np.ndarray | None:
-    """The first samples of what ``cut_context`` then ``trim_edges`` make of an item's audio, from
-    the first samples of that audio alone (``prefix``; ``durations`` are the whole item's): so a
-    decoder that made only the start of an item can already send its start (``KokoroEngine``'s
-    heads). Returns a float32 array that the finished item's audio starts with exactly, or None
-    where the prefix cannot tell: a left context or a level-trimmed end (``span.left`` /
-    ``span.tail``), a prefix still quiet where the lead-in is trimmed, or less than a frame left.
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """The start of what ``cut_context`` then ``trim_edges`` make of an item's audio, and the
+    durations they return, from the first samples of that audio alone (``prefix``; ``durations``
+    are the whole item's): so a decoder that made only the start of an item can already send it
+    (``KokoroEngine``'s heads). The audio is a float32 array that the finished item's audio starts
+    with exactly; None where the prefix cannot tell: a left context or a level-trimmed end
+    (``span.left`` / ``span.tail``), a prefix still quiet where the lead-in is trimmed, or less than
+    a frame of it left. It stops ``fade_samples`` before the item's own end (the right context's cut
+    fades there).
 
-    It stops ``fade_samples`` before the item's own end (the right context's cut fades there).
+    How: only the lead-in is cut by level at such an item's start, and its quiet run ends inside
+    the prefix, so the two functions, run on the prefix followed by silence, cut exactly as they
+    will on the whole audio; what they return up to the prefix's end is the finished audio's start.
     """
     if span is not None and (span.left or span.tail):
         return None
@@ -330,10 +334,9 @@ def trimmed_head(
     end = int(durations[: n - 1 - right].sum()) if right else int(durations.sum())
     limit = min(len(prefix), end * SAMPLES_PER_FRAME - (fade_samples if right else 0))
     start = 0
-    fade = 0
     if span is not None and span.lead:
         # trim_edges' arithmetic on the lead-in: all but the lookback frames go, then the quiet ones
-        # (all but a margin), counted from the prefix: the quiet run must end inside it.
+        # (all but a margin); the quiet run must end inside the prefix.
         lead_frames = int(durations[: span.lead].sum())
         lead_frames -= min(lead_frames, lead_lookback)
         quiet = _frame_db(prefix[lead_frames * SAMPLES_PER_FRAME : limit]) < QUIET_DBFS
@@ -341,13 +344,12 @@ def trimmed_head(
         if run == len(quiet):
             return None
         start = (lead_frames + max(0, run - _LEAD_MARGIN_FRAMES)) * SAMPLES_PER_FRAME
-        fade = min(fade_samples, (end * SAMPLES_PER_FRAME - start) // 2)
     if limit - start < SAMPLES_PER_FRAME:
         return None
-    head = np.array(prefix[start:limit], dtype=np.float32, copy=True)
-    if fade:
-        head[:fade] *= np.linspace(0.0, 1.0, fade, endpoint=False, dtype=np.float32)
-    return head
+    padded = np.zeros(int(durations.sum()) * SAMPLES_PER_FRAME, dtype=np.float32)
+    padded[:limit] = prefix[:limit]
+    audio, final = trim_edges(*cut_context(padded, durations, span, fade_samples=fade_samples), span, fade_samples=fade_samples, lead_lookback=lead_lookback)
+    return audio[: limit - start].copy(), final
 
 
 def _cut(audio: np.ndarray, start: int, stop: int, fade_samples: int, *, fade_in: bool, fade_out: bool) -> np.ndarray:

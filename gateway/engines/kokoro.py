@@ -31,6 +31,7 @@ from gateway.engines.base import (
     SAMPLES_PER_FRAME,
     Engine,
     EngineError,
+    Head,
     HeadCallback,
     SynthesisItem,
     SynthesisResult,
@@ -283,7 +284,7 @@ class KokoroEngine(Engine):
         rows = torch.tensor(voice_rows, dtype=torch.long, device=self.device)
         ref_s = self._packs[rows[:, 0], rows[:, 1], 0]
         fixed = FixedNorms(norms) if norms else None
-        heads: dict[int, np.ndarray] = {}
+        heads: dict[int, Head] = {}
         try:
             with self._autocast():
                 prepared = prepare_batch(
@@ -292,7 +293,7 @@ class KokoroEngine(Engine):
                 plan = self._plan_heads(items, prepared, edges) if on_head is not None and fixed is not None else {}
                 if plan:
                     assert on_head is not None and fixed is not None
-                    out = self._decode_in_two(prepared, fixed, plan, edges, on_head, heads)
+                    out = self._decode_in_two(prepared, fixed, plan, edges, spoken, on_head, heads)
                 else:
                     out = decode_batch(self.model, prepared, decoder_graphs=self.decoder_graphs, norms=fixed)
         except ValueError as exc:
@@ -313,10 +314,10 @@ class KokoroEngine(Engine):
                 extra["context_tokens"] = (span.left, span.right)
             head = heads.get(b)
             if head is not None:
-                extra["head_samples"] = len(head)
-                if not np.array_equal(audio_b[: len(head)], head):
+                extra["head_samples"] = len(head.audio)
+                if not (np.array_equal(audio_b[: len(head.audio)], head.audio) and np.array_equal(durations_b, head.durations)):
                     # trimmed_head and trim_edges disagree: a bug, and the listener heard the head.
-                    logger.error("item %d: its audio does not start with the head sent before it", b)
+                    logger.error("item %d: its result is not what the head sent before it said", b)
             results.append(SynthesisResult(audio=audio_b, durations=durations_b, phonemes=kept, extra=extra))
         return results
 
@@ -363,8 +364,9 @@ class KokoroEngine(Engine):
         norms: FixedNorms,
         plan: Mapping[int, int],
         edges: Sequence[EdgeSpan],
+        spoken: Sequence[str],
         on_head: HeadCallback,
-        heads: dict[int, np.ndarray],
+        heads: dict[int, Head],
     ) -> BatchedAudio:
         """The items in ``plan`` decoded in two windows (their first frames, with the decoder's reach
         after them, and the rest, with its reach before), the others whole in the second pass.
@@ -379,10 +381,10 @@ class KokoroEngine(Engine):
         firsts = decode_windows(self.model, prepared, [Window(b, 0, min(n + reach, frames[b])) for b, n in plan.items()], norms)
         for (b, n), first in zip(plan.items(), firsts):
             prefix = first[: n * SAMPLES_PER_FRAME].float().cpu().numpy()
-            head = trimmed_head(prefix, durations[b, : prepared.num_tokens[b]].numpy(), edges[b])
-            if head is not None:
-                heads[b] = head
-                on_head(b, head)
+            told = trimmed_head(prefix, durations[b, : prepared.num_tokens[b]].numpy(), edges[b])
+            if told is not None:
+                heads[b] = Head(audio=told[0], durations=told[1], phonemes=spoken[b])
+                on_head(b, heads[b])
         starts = [max(0, plan[b] - reach) if b in plan else 0 for b in range(len(frames))]
         rests = decode_windows(self.model, prepared, [Window(b, start, frames[b]) for b, start in enumerate(starts)], norms)
         audio = torch.zeros(len(frames), max(frames) * SAMPLES_PER_FRAME, dtype=torch.float32, device=self.device)

@@ -150,7 +150,7 @@ class EngineWorker:
 
 def _shifted(on_head: HeadCallback, offset: int) -> HeadCallback:
     """``on_head`` for the second part of a split batch: its indices are ``offset`` further on."""
-    return lambda index, audio: on_head(index + offset, audio)
+    return lambda index, head: on_head(index + offset, head)
 
 
 def _client_message(exc: BaseException) -> str:
