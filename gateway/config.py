@@ -227,9 +227,11 @@ class EngineConfig:
     #: (gateway/engines/voice_norms.py); "instance": each item's own, Kokoro's arithmetic exactly.
     decoder_norm: Literal["voice", "instance"] = "voice"
     #: Decode a context's first piece in two parts and send the first before the second is made
-    #: (a "head"; needs decoder_norm = "voice"), where the decoder's measured cost says it saves
-    #: time to first audio without a stall (gateway/engines/kokoro.py, ``_head_frames``).
-    stream_heads: bool = True
+    #: (a "head"; needs decoder_norm = "voice"), where the decoder's cost measured at warmup says it
+    #: saves time to first audio without a stall (gateway/engines/kokoro.py, ``_head_frames``). Off:
+    #: on the 2-core CPU it did not lower TTFA p50 through a server and raised playback stalls
+    #: (benchmarks/README.md, "Sixth round").
+    stream_heads: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -120,7 +120,7 @@ def head_item(phonemes: str = PHONEMES, **fields: Any) -> SynthesisItem:
 
 
 def test_the_engine_sends_a_head_its_result_starts_with_and_the_rest_as_decoded_whole() -> None:
-    engine = KokoroEngine.tiny(seed=0, num_threads=1, max_batch_size=4, decoder_cost=SLOW_ENOUGH)
+    engine = KokoroEngine.tiny(seed=0, num_threads=1, max_batch_size=4, decoder_cost=SLOW_ENOUGH, stream_heads=True)
     other = SynthesisItem("hˈɛloʊ ðɛɹ, maɪ fɹˈɛnd", "af_heart", trim_start=True, trim_end=True)
     heads: list[tuple[int, Head]] = []
     results = engine.synthesize_with_heads([other, head_item()], lambda b, head: heads.append((b, head)))
@@ -150,7 +150,7 @@ def test_the_engine_sends_a_head_its_result_starts_with_and_the_rest_as_decoded_
     ],
 )
 def test_no_head_where_it_would_not_pay_or_was_not_asked_for(engine_args, item) -> None:
-    engine = KokoroEngine.tiny(seed=0, num_threads=1, **engine_args)
+    engine = KokoroEngine.tiny(seed=0, num_threads=1, **{"stream_heads": True, **engine_args})
     heads: list[int] = []
     result = engine.synthesize_with_heads([item], lambda b, head: heads.append(b))[0]
     assert heads == [] and "head_samples" not in result.extra
@@ -219,7 +219,7 @@ async def test_through_the_server_a_first_piece_streams_its_head_and_sounds_the_
         await ws.send(msg(type="flush", context_id="c", final=True))
 
     runs = {}
-    for heads, factory in (("on", tiny_factory(decoder_cost=SLOW_ENOUGH)), ("off", tiny_factory())):
+    for heads, factory in (("on", tiny_factory(decoder_cost=SLOW_ENOUGH, stream_heads=True)), ("off", tiny_factory(decoder_cost=SLOW_ENOUGH))):
         async with run_server(SERVER, engine_factory=factory) as gw:
             runs[heads] = await run_client(f"ws://127.0.0.1:{gw.port}/v1/stream", script, until=done_contexts(1), timeout=120)
             sent = metric((await asyncio.to_thread(http_get, gw.port, "/metrics"))[1].decode(), "voxgate_piece_heads_total")

@@ -147,7 +147,7 @@ class KokoroEngine(Engine):
         prosody: Literal["auto", "batched", "per_item"] = "auto",
         cuda_graphs: bool = False,
         decoder_norm: DecoderNorm = "voice",
-        stream_heads: bool = True,
+        stream_heads: bool = False,
         decoder_cost: tuple[float, float] | None = None,
     ) -> None:
         if not voices:
