@@ -339,6 +339,14 @@ async def speak(
     }
 
 
+def _first_context_words(overrides: Sequence[str]) -> int:
+    """The words after the first piece that this tree's server waits for, with ``--set`` overrides."""
+    from gateway.config import load_config, parse_overrides
+
+    segmenter = load_config(overrides=parse_overrides(overrides)).segmenter
+    return min(segmenter.context_words, segmenter.first_context_words)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -463,8 +471,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override for the started server")
     parser.add_argument("--words-per-second", type=float, default=20.0)
     parser.add_argument(
-        "--context-words", type=int, default=3,
-        help="the server's segmenter.context_words (its first cut waits for them: text arrival); 0 for servers before seams",
+        "--context-words", type=int, default=None,
+        help="the words the server's first cut waits for after the first piece (text arrival): by default this tree's "
+        "config's (with --set), min(segmenter.context_words, first_context_words); 0 for servers before seams",
     )
     parser.add_argument("--voice-en", default=None)
     parser.add_argument("--voice-ja", default="jf_alpha")
@@ -511,6 +520,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         _write(result, stem)
         return 0
     sentences = [SENTENCES[int(i)] for i in args.only.split(",")] if args.only else SENTENCES
+    if args.context_words is None:
+        args.context_words = _first_context_words(args.set)
     proc = None
     url = args.url
     if url is None:
