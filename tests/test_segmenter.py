@@ -106,6 +106,13 @@ def test_cjk_marks_cut_without_a_following_space() -> None:
     ]
 
 
+def test_a_half_width_mark_after_cjk_text_cuts_as_the_full_width_one() -> None:
+    # Found by the length-limit property below: "3.5" does not cut, but after Japanese a "." does.
+    options = {"first_min_chars": 4, "first_max_chars": 20, "min_chars": 20, "max_chars": 40, "growth": 1.0}
+    assert segment("天気.HelloHelloHelloHello", **options) == ["天気.", "HelloHelloHelloHello"]
+    assert segment("It costs 3.5 dollars. Then more text follows here.", **options)[0] == "It costs 3.5"
+
+
 def test_unpunctuated_cjk_text_is_cut_between_characters() -> None:
     text = "我们今天去公园散步然后去吃饭再回家休息一下" * 3
     pieces = segment(text, first_max_chars=30)
@@ -284,11 +291,12 @@ def test_pieces_respect_their_length_limit_unless_one_word_alone_is_longer(
             continue
         if any(c.isspace() for c in core) and text_units(core.rsplit(None, 1)[0], cjk_weight=seg.cjk_weight) <= overshoot:
             continue
-        # Over the limit: there was no word boundary to cut at within it.
+        # Over the limit: there was no word boundary to cut at within it (one before the floor,
+        # first_min_chars, is no place to breathe: the piece runs on past its limit instead).
         for p in range(1, len(core)):
             if text_units(core[:p], cjk_weight=seg.cjk_weight) > limit:
                 break
-            if not any(c.isalnum() for c in core[:p]):
+            if not any(c.isalnum() for c in core[:p]) or text_units(core[:p], cjk_weight=seg.cjk_weight) < seg.first_min_chars:
                 continue
             a, b = core[p - 1], core[p]
             assert not (b.isspace() and not a.isspace()), (piece, limit, p)

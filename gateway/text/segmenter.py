@@ -471,13 +471,16 @@ class Segmenter:
             j = self._skip(text, j, _CLOSERS)
             if j == n:
                 return _TAKE_ALL if final else _WAIT
-            if not text[j].isspace():
+            # After unspaced CJK text a half-width mark ends its sentence or clause as the full-width
+            # one does ("天気.Hello"): no space follows it there, and no abbreviation or number precedes it.
+            after_cjk = bool(prev) and _is_wide(prev) and prev not in _CJK_PUNCT
+            if not text[j].isspace() and not after_cjk:
                 return _REJECT  # "3.5", "10:30", "well—maybe": not a boundary
             marks_run = text[i:j].rstrip("".join(_CLOSERS))
-            if marks_run == "." and self._is_abbreviation(text, start, i):
+            if marks_run == "." and not after_cjk and self._is_abbreviation(text, start, i):
                 return _REJECT
             sentence = ch in _SENTENCE_MARKS
-            if sentence:
+            if sentence and not after_cjk:
                 nxt = self._next_word_char(text, j)
                 if not nxt and not final:
                     return _WAIT  # the case of the next word decides what kind of boundary this is
