@@ -163,8 +163,11 @@ class SegmenterConfig:
     #: (``gateway.text.segmenter``, Seams). 0: off.
     context_words: int = 3
     #: The words after the first piece (at most context_words): in a stream the first cut waits for
-    #: them, and that wait is time to first audio (~50 ms a word at 20 words/s).
-    first_context_words: int = 3
+    #: them, and that wait is time to first audio (~50 ms a word at 20 words/s). 1: with the voice's
+    #: decoder statistics one word of context kept WER at 0.055 (3 words: 0.051; Kokoro speaking
+    #: each sentence whole 0.064) and took ~100 ms off streamed time to first audio
+    #: (benchmarks/README.md, "Sixth round").
+    first_context_words: int = 1
 
 
 @dataclass(frozen=True, slots=True)
