@@ -88,6 +88,8 @@ class RayServeEngine(Engine):
         self.replicas: dict[str, dict[str, Any]] = {}
         self.retries = 0
         self.pieces = 0
+        #: Pieces sent to a replica and not answered yet.
+        self.in_flight = 0
         self.hops_s: collections.deque[float] = collections.deque(maxlen=HOP_SAMPLES)
         #: The outbound half of each hop (caller's wall clock -> replica's; same machine or NTP).
         self.outbound_s: collections.deque[float] = collections.deque(maxlen=HOP_SAMPLES)
@@ -128,6 +130,7 @@ class RayServeEngine(Engine):
             "replica_engine": self._remote.get("name"),
             "pieces": self.pieces,
             "retries": self.retries,
+            "in_flight": self.in_flight,
             "hop_ms_p50": round(1e3 * statistics.median(hops), 3) if hops else None,
             "replicas": {rid: dict(stats) for rid, stats in self.replicas.items()},
         }
@@ -151,6 +154,13 @@ class RayServeEngine(Engine):
 
     async def _group(self, items: list[SynthesisItem]) -> list[Any]:
         """Pieces in one request to some replica; sent again while replicas die, for up to ``retry_s``."""
+        self.in_flight += len(items)
+        try:
+            return await self._send(items)
+        finally:
+            self.in_flight -= len(items)
+
+    async def _send(self, items: list[SynthesisItem]) -> list[Any]:
         give_up = time.monotonic() + self.retry_s
         attempt = 0
         while True:
