@@ -102,6 +102,11 @@ def _is_wide(ch: str) -> bool:
     return unicodedata.east_asian_width(ch) in ("W", "F")
 
 
+def _is_cjk_letter(ch: str) -> bool:
+    """A character of unspaced CJK text (wide, not punctuation); False for "" (no character)."""
+    return bool(ch) and _is_wide(ch) and ch not in _CJK_PUNCT
+
+
 def text_units(text: str, *, cjk_weight: int = 3) -> int:
     """Length of ``text`` in the units ``Segmenter`` limits count: wide characters weigh more."""
     return sum(cjk_weight if _is_wide(c) else 1 for c in text)
@@ -473,7 +478,7 @@ class Segmenter:
                 return _TAKE_ALL if final else _WAIT
             # After unspaced CJK text a half-width mark ends its sentence or clause as the full-width
             # one does ("天気.Hello"): no space follows it there, and no abbreviation or number precedes it.
-            after_cjk = bool(prev) and _is_wide(prev) and prev not in _CJK_PUNCT
+            after_cjk = _is_cjk_letter(prev)
             if not text[j].isspace() and not after_cjk:
                 return _REJECT  # "3.5", "10:30", "well—maybe": not a boundary
             marks_run = text[i:j].rstrip("".join(_CLOSERS))
@@ -665,6 +670,6 @@ class Segmenter:
         if a.isspace() or a in _OPENERS or b in _CLOSERS:
             return False
         # Between characters of unspaced CJK text (and at a CJK/Latin seam).
-        a_cjk = _is_wide(a) and a not in _CJK_PUNCT
-        b_cjk = _is_wide(b) and b not in _CJK_PUNCT
+        a_cjk = _is_cjk_letter(a)
+        b_cjk = _is_cjk_letter(b)
         return (a_cjk and (b_cjk or b.isalnum())) or (b_cjk and a.isalnum())
