@@ -397,7 +397,7 @@ def _generator(
     """``Generator.forward`` on the whole batch; returns padded audio ``(B, samples)`` and lengths.
 
     ``source``: the harmonic source's STFT and span when already made (a window's slice of its
-    item's, ``_decode_windows``); None: made here from ``f0`` and ``noise``."""
+    item's, ``decode_windows``); None: made here from ``f0`` and ``noise``."""
     device = x.device
     upsample_scale = gen.m_source.l_sin_gen.upsample_scale
     if source is not None:

@@ -472,10 +472,9 @@ class KokoroEngine(Engine):
             return norms
         recorder = NormRecorder()
         for phonemes in REFERENCE_PHONEMES:
-            kept = self._in_vocab(phonemes)[: min(MAX_PHONEMES, self._context)]
             with self._autocast():
                 batched_forward(
-                    self.model, [[0, *(self._vocab[ch] for ch in kept), 0]], self._packs[index, bucket, 0][None], [1.0],
+                    self.model, [self._reference_ids(phonemes)], self._packs[index, bucket, 0][None], [1.0],
                     HashNoise([0]), per_item_prosody=self.per_item_prosody, norms=recorder,
                 )
         norms = self._voice_norms[(index, bucket)] = recorder.result()
@@ -485,12 +484,11 @@ class KokoroEngine(Engine):
     def _measure_decoder_cost(self) -> tuple[float, float]:
         """The decoder's cost on this device, fitted from a short and a long window of the first
         reference sentence (best of three each): (seconds per call, seconds per frame)."""
-        kept = self._in_vocab(REFERENCE_PHONEMES[0])[: min(MAX_PHONEMES, self._context)]
-        row = min(max(len(kept), MIN_STYLE_ROW), self._packs.shape[1] - 1)
+        ids = self._reference_ids(REFERENCE_PHONEMES[0])
+        row = min(max(len(ids) - 2, MIN_STYLE_ROW), self._packs.shape[1] - 1)
         with self._autocast():
             prepared = prepare_batch(
-                self.model, [[0, *(self._vocab[ch] for ch in kept), 0]], self._packs[0, row, 0][None], [1.0], HashNoise([0]),
-                per_item_prosody=self.per_item_prosody,
+                self.model, [ids], self._packs[0, row, 0][None], [1.0], HashNoise([0]), per_item_prosody=self.per_item_prosody
             )
             norms = FixedNorms([self._norms_of(0, row)])
             total = prepared.num_frames[0]
@@ -507,6 +505,11 @@ class KokoroEngine(Engine):
             t_short, t_long = best(short), best(long)
         per_frame = max(0.0, (t_long - t_short) / max(long - short, 1))
         return max(0.0, t_short - per_frame * short), per_frame
+
+    def _reference_ids(self, phonemes: str) -> list[int]:
+        """Token ids ``[BOS, *phonemes, EOS]`` of a reference text (vocabulary and context enforced)."""
+        kept = self._in_vocab(phonemes)[: min(MAX_PHONEMES, self._context)]
+        return [0, *(self._vocab[ch] for ch in kept), 0]
 
     def _in_vocab(self, phonemes: str) -> str:
         return "".join(ch for ch in phonemes if ch in self._vocab)
